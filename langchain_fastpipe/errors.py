@@ -1,0 +1,297 @@
+"""The exception tree of langchain-fastpipe.
+
+Every error the package raises derives from :class:`FastpipeError`. Errors about a
+model call also derive from the matching typed error of ``langchain_core.exceptions``,
+so code that catches LangChain's errors (or ``with_fallbacks``) keeps working::
+
+    FastpipeError
+    ├── ConfigError (ValueError)                 bad field, URL, limit or unknown key
+    ├── TransportError                           anything on the wire
+    │   ├── EndpointConnectError (ModelConnectionError)   refused, reset, TLS failure
+    │   ├── EndpointTimeoutError (ModelTimeoutError)      connect/read/pool timeout
+    │   ├── CircuitOpenError (ModelConnectionError)       breaker open: fails fast
+    │   ├── ProtocolViolationError (ModelAPIError)        non-JSON, truncated, malformed
+    │   │   └── ResponseTooLargeError                     body over the size limit
+    │   └── HTTPStatusError                               a non-2xx reply
+    │       ├── BadRequestError (ModelInvalidRequestError)       400, 422
+    │       ├── AuthenticationError (ModelAuthenticationError)   401
+    │       ├── PermissionDeniedError (ModelPermissionDeniedError) 403
+    │       ├── NotFoundError (ModelNotFoundError)               404
+    │       ├── ContextLengthError (ContextOverflowError)        context overflow
+    │       ├── RateLimitError (ModelRateLimitError)             429
+    │       └── ServerError (ModelAPIError)                      5xx, 408, 409
+    ├── StreamStallError (TimeoutError, ModelTimeoutError)
+    │   ├── FirstChunkTimeoutError                no first chunk within the limit
+    │   └── InterChunkTimeoutError                a gap between chunks over the limit
+    ├── PreloadError                              a warm-up that failed (reported, not raised
+    │                                             by default)
+    └── PipelineError
+        └── AllStrategiesFailedError              every strategy failed; holds each cause
+
+Messages name the endpoint (scheme, host, port and path, never credentials) and the
+field or value that was wrong. No error ever carries an API key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from langchain_core.exceptions import (
+    ContextOverflowError,
+    ModelAPIError,
+    ModelAuthenticationError,
+    ModelConnectionError,
+    ModelInvalidRequestError,
+    ModelNotFoundError,
+    ModelPermissionDeniedError,
+    ModelRateLimitError,
+    ModelTimeoutError,
+)
+
+__all__ = [
+    "AllStrategiesFailedError",
+    "AuthenticationError",
+    "BadRequestError",
+    "CircuitOpenError",
+    "ConfigError",
+    "ContextLengthError",
+    "EndpointConnectError",
+    "EndpointTimeoutError",
+    "FastpipeError",
+    "FirstChunkTimeoutError",
+    "HTTPStatusError",
+    "InterChunkTimeoutError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "PipelineError",
+    "PreloadError",
+    "ProtocolViolationError",
+    "RateLimitError",
+    "ResponseTooLargeError",
+    "ServerError",
+    "StreamStallError",
+    "TransportError",
+    "status_error",
+]
+
+
+class FastpipeError(Exception):
+    """Base class of every error raised by langchain-fastpipe."""
+
+
+class ConfigError(FastpipeError, ValueError):
+    """A configuration value, URL, message or tool that is not valid."""
+
+
+class TransportError(FastpipeError):
+    """A failure talking to an endpoint.
+
+    Attributes:
+        endpoint: The redacted endpoint (``scheme://host:port/path``), never with credentials.
+    """
+
+    def __init__(self, message: str, *, endpoint: str = "") -> None:
+        """Create the error with a message that already names the endpoint."""
+        super().__init__(message)
+        self.endpoint = endpoint
+
+
+class EndpointConnectError(TransportError, ModelConnectionError):
+    """The connection was refused, reset or its TLS handshake failed."""
+
+    is_retryable = True
+
+
+class EndpointTimeoutError(TransportError, ModelTimeoutError):
+    """A connect, read, write or pool timeout expired."""
+
+    is_retryable = True
+
+
+class CircuitOpenError(TransportError, ModelConnectionError):
+    """The endpoint's circuit breaker is open, so the call failed fast.
+
+    Attributes:
+        retry_at: Monotonic time at which the breaker lets a probe through.
+        retry_in: Seconds from the moment of the error until then.
+    """
+
+    is_retryable = True
+
+    def __init__(self, *, endpoint: str, retry_at: float, retry_in: float) -> None:
+        """Create the error for ``endpoint``, naming when it will be tried again."""
+        super().__init__(
+            f"circuit breaker open for {endpoint}: failing fast, next attempt in {retry_in:.2f}s",
+            endpoint=endpoint,
+        )
+        self.retry_at = retry_at
+        self.retry_in = retry_in
+
+
+class ProtocolViolationError(TransportError, ModelAPIError):
+    """The server's reply was not what the protocol promises (non-JSON, truncated, malformed)."""
+
+    is_retryable = False
+
+
+class ResponseTooLargeError(ProtocolViolationError):
+    """The server's reply exceeded the configured size limit."""
+
+
+class HTTPStatusError(TransportError):
+    """The server answered with a non-success status.
+
+    Attributes:
+        status_code: The HTTP status.
+        body: At most 500 characters of the reply body, for diagnosis.
+    """
+
+    def __init__(self, message: str, *, endpoint: str, status_code: int, body: str = "") -> None:
+        """Create the error for one reply of ``endpoint``."""
+        super().__init__(message, endpoint=endpoint)
+        self.status_code = status_code
+        self.body = body[:500]
+
+
+class BadRequestError(HTTPStatusError, ModelInvalidRequestError):
+    """400 or 422: the request was invalid."""
+
+
+class AuthenticationError(HTTPStatusError, ModelAuthenticationError):
+    """401: the API key was missing or wrong."""
+
+
+class PermissionDeniedError(HTTPStatusError, ModelPermissionDeniedError):
+    """403: the key may not use this model or endpoint."""
+
+
+class NotFoundError(HTTPStatusError, ModelNotFoundError):
+    """404: unknown model or path."""
+
+
+class ContextLengthError(HTTPStatusError, ContextOverflowError):
+    """The prompt does not fit the model's context window."""
+
+
+class RateLimitError(HTTPStatusError, ModelRateLimitError):
+    """429: rate limited.
+
+    Attributes:
+        retry_after: Seconds the server asked us to wait, when it said.
+    """
+
+    is_retryable = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        endpoint: str,
+        status_code: int = 429,
+        body: str = "",
+        retry_after: float | None = None,
+    ) -> None:
+        """Create the error, keeping the server's Retry-After when given."""
+        super().__init__(message, endpoint=endpoint, status_code=status_code, body=body)
+        self.retry_after = retry_after
+
+
+class ServerError(HTTPStatusError, ModelAPIError):
+    """5xx, 408 or 409: the server failed; retrying may succeed."""
+
+    is_retryable = True
+
+
+_CONTEXT_MARKERS = ("context length", "context window", "maximum context", "too many tokens")
+
+
+def status_error(
+    status_code: int,
+    *,
+    endpoint: str,
+    body: str = "",
+    retry_after: float | None = None,
+) -> HTTPStatusError:
+    """Build the most specific :class:`HTTPStatusError` for a reply.
+
+    Args:
+        status_code: The HTTP status of the reply.
+        endpoint: The redacted endpoint, for the message.
+        body: The reply body (truncated to 500 characters in the error).
+        retry_after: Seconds from a Retry-After header, if any.
+
+    Returns:
+        The typed error; callers ``raise`` it.
+    """
+    excerpt = body[:200].replace("\n", " ")
+    message = f"{endpoint} answered HTTP {status_code}: {excerpt}" if excerpt else (
+        f"{endpoint} answered HTTP {status_code}"
+    )
+    lowered = body.lower()
+    if status_code in (400, 413, 422) and any(m in lowered for m in _CONTEXT_MARKERS):
+        return ContextLengthError(message, endpoint=endpoint, status_code=status_code, body=body)
+    if status_code == 429:
+        return RateLimitError(
+            message, endpoint=endpoint, status_code=status_code, body=body, retry_after=retry_after
+        )
+    cls: type[HTTPStatusError]
+    if status_code in (400, 413, 422):
+        cls = BadRequestError
+    elif status_code == 401:
+        cls = AuthenticationError
+    elif status_code == 403:
+        cls = PermissionDeniedError
+    elif status_code == 404:
+        cls = NotFoundError
+    elif status_code >= 500 or status_code in (408, 409):
+        cls = ServerError
+    else:
+        cls = HTTPStatusError
+    return cls(message, endpoint=endpoint, status_code=status_code, body=body)
+
+
+class StreamStallError(FastpipeError, TimeoutError, ModelTimeoutError):
+    """A stream stopped producing chunks within its limit; the HTTP stream was closed.
+
+    Attributes:
+        timeout: The limit in seconds that expired.
+        chunks_received: How many chunks arrived before the stall.
+    """
+
+    is_retryable = True
+
+    def __init__(self, message: str, *, timeout: float, chunks_received: int) -> None:
+        """Create the error with the limit that expired."""
+        super().__init__(message)
+        self.timeout = timeout
+        self.chunks_received = chunks_received
+
+
+class FirstChunkTimeoutError(StreamStallError):
+    """No first chunk arrived within the first-chunk timeout."""
+
+
+class InterChunkTimeoutError(StreamStallError):
+    """The gap between two chunks exceeded the inter-chunk timeout."""
+
+
+class PreloadError(FastpipeError):
+    """A model warm-up failed. Preloading reports it; it is raised only when asked to."""
+
+
+class PipelineError(FastpipeError):
+    """A failure of the answer pipeline or of ranked fallbacks."""
+
+
+class AllStrategiesFailedError(PipelineError):
+    """Every strategy failed.
+
+    Attributes:
+        errors: ``(strategy name, exception)`` for each attempt, in the order tried.
+    """
+
+    def __init__(self, errors: Sequence[tuple[str, BaseException]]) -> None:
+        """Create the error from each attempt's name and exception."""
+        detail = "; ".join(f"{name}: {type(exc).__name__}: {exc}" for name, exc in errors)
+        super().__init__(f"all {len(errors)} strategies failed ({detail})")
+        self.errors = list(errors)

@@ -1,0 +1,143 @@
+"""Counters and histograms that every layer reports into, and :func:`get_stats`.
+
+A component that has statistics registers a *source*: a name and a zero-argument
+callable returning a JSON-serializable dict. :func:`get_stats` calls every source and
+returns one snapshot. Sources hold their own numbers; nothing here is on a hot path
+except :meth:`Histogram.record`, which is a bisect and two additions.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+__all__ = [
+    "DEFAULT_SECONDS_BUCKETS",
+    "Histogram",
+    "StatsRegistry",
+    "get_stats",
+    "registry",
+]
+
+#: Upper bounds (seconds) of the default latency buckets: 1 ms to 120 s, roughly x2 apart.
+DEFAULT_SECONDS_BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+)  # fmt: skip
+
+_RESERVOIR = 2048
+
+
+class Histogram:
+    """A latency histogram: fixed buckets plus a bounded reservoir for exact quantiles.
+
+    The buckets give the Prometheus-style distribution; the reservoir (the last 2048
+    values) gives p50/p95/p99 without assuming a shape.
+    """
+
+    __slots__ = ("_bounds", "_counts", "_lock", "_pos", "_reservoir", "count", "max", "sum")
+
+    def __init__(self, bounds: Iterable[float] = DEFAULT_SECONDS_BUCKETS) -> None:
+        """Create an empty histogram with the given bucket upper bounds (sorted)."""
+        self._bounds = tuple(sorted(bounds))
+        self._counts = [0] * (len(self._bounds) + 1)
+        self._reservoir: list[float] = []
+        self._pos = 0
+        self._lock = threading.Lock()
+        self.count = 0
+        self.sum = 0.0
+        self.max = 0.0
+
+    def record(self, value: float) -> None:
+        """Add one observation."""
+        with self._lock:
+            self._counts[bisect.bisect_left(self._bounds, value)] += 1
+            self.count += 1
+            self.sum += value
+            self.max = max(self.max, value)
+            if len(self._reservoir) < _RESERVOIR:
+                self._reservoir.append(value)
+            else:
+                self._reservoir[self._pos] = value
+                self._pos = (self._pos + 1) % _RESERVOIR
+
+    def quantile(self, q: float) -> float | None:
+        """The ``q`` quantile (0..1) of the recent observations, or None when empty."""
+        with self._lock:
+            values = sorted(self._reservoir)
+        if not values:
+            return None
+        return _quantile_sorted(values, q)
+
+    def snapshot(self) -> dict[str, Any]:
+        """A JSON-serializable summary: count, sum, mean, p50, p95, p99, max and buckets."""
+        with self._lock:
+            values = sorted(self._reservoir)
+            counts = list(self._counts)
+            count, total, peak = self.count, self.sum, self.max
+        buckets: dict[str, int] = {}
+        running = 0
+        for bound, n in zip((*self._bounds, math.inf), counts):
+            running += n
+            buckets["+Inf" if bound == math.inf else f"{bound:g}"] = running
+        return {
+            "count": count,
+            "sum": total,
+            "mean": total / count if count else None,
+            "p50": _quantile_sorted(values, 0.5) if values else None,
+            "p95": _quantile_sorted(values, 0.95) if values else None,
+            "p99": _quantile_sorted(values, 0.99) if values else None,
+            "max": peak if count else None,
+            "buckets": buckets,
+        }
+
+
+def _quantile_sorted(values: list[float], q: float) -> float:
+    """Linear-interpolated quantile of an already sorted, non-empty list."""
+    if len(values) == 1:
+        return values[0]
+    pos = q * (len(values) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (pos - lo)
+
+
+class StatsRegistry:
+    """Named sources of statistics, collected into one snapshot."""
+
+    def __init__(self) -> None:
+        """Create an empty registry."""
+        self._sources: dict[str, Callable[[], dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+
+    def register(self, name: str, source: Callable[[], dict[str, Any]]) -> None:
+        """Register (or replace) the source called ``name``."""
+        with self._lock:
+            self._sources[name] = source
+
+    def unregister(self, name: str) -> None:
+        """Remove the source called ``name`` if present."""
+        with self._lock:
+            self._sources.pop(name, None)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Call every source and return ``{name: its dict}``."""
+        with self._lock:
+            sources = dict(self._sources)
+        return {name: source() for name, source in sorted(sources.items())}
+
+
+#: The package-wide registry that :func:`get_stats` reads.
+registry = StatsRegistry()
+
+
+def get_stats() -> dict[str, Any]:
+    """One JSON-serializable snapshot of every statistic the package keeps.
+
+    Keys are the registered sources, e.g. ``"pools"``, ``"streams"``, ``"strategies"``
+    and ``"preload"``.
+    """
+    return registry.snapshot()
