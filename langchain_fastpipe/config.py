@@ -1,0 +1,864 @@
+"""One configuration for langchain-fastpipe: :class:`FastpipeConfig` and its feature flags.
+
+The configuration accepts exactly the documented JSON::
+
+    {"performance_optimizations": {
+        "enable_model_preloading": true, "enable_optimized_pipeline": true,
+        "enable_connection_pooling": true, "enable_response_streaming": true,
+        "preload_timeout_seconds": 60, "connection_pool_size": 20, "api_timeout_seconds": 30}}
+
+plus the sections ``backend``, ``preload`` and ``pipeline`` (see their classes).
+
+Precedence (lowest to highest), as applied by :meth:`FastpipeConfig.load`:
+
+1. the defaults written on the fields below;
+2. a JSON file: the ``path`` argument, else the file named by ``FASTPIPE_CONFIG``;
+3. environment variables: ``FASTPIPE_<SECTION>__<KEY>`` (for example
+   ``FASTPIPE_PERFORMANCE_OPTIMIZATIONS__ENABLE_CONNECTION_POOLING=false``) and the short
+   aliases of the seven documented keys (``FASTPIPE_ENABLE_CONNECTION_POOLING``,
+   ``FASTPIPE_CONNECTION_POOL_SIZE``, ``FASTPIPE_API_TIMEOUT_SECONDS``, ...). Setting a key
+   through both spellings with different values is an error;
+4. overrides given in code (a nested dict, dotted keys, section keywords or short aliases).
+
+Each layer is merged key by key into the one below, so a file that sets one key keeps every
+other default. Booleans from the environment accept true/false, 1/0, yes/no and on/off;
+lists accept a JSON array or comma-separated names; ``none`` clears an optional value.
+
+Validation is strict: an unknown key (at any level, in a file, the environment or code) is
+rejected with the nearest valid name, and a bad value is rejected with a message naming the
+key, the value, the allowed range and where it came from, for example::
+
+    performance_optimizations.connection_pool_size = -3 is out of range: must be between
+    1 and 1000 (from env FASTPIPE_CONNECTION_POOL_SIZE)
+
+Every error is a :class:`~langchain_fastpipe.errors.ConfigError`. ``backend.api_key`` is a
+``SecretStr``: it never appears in a repr, str, JSON dump or error.
+
+Every flag off gives the plain component behind the same interface: pooling off is a fresh
+HTTP/1.1 client per request; streaming off waits for the whole answer (``astream`` yields it
+as one chunk); preloading off loads a model on first use; the optimized pipeline off runs
+the strategies in their fixed order, one after another.
+
+This module imports no other part of the package at import time; the helpers that build
+transport and chat-model objects import them lazily.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+import threading
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Union
+from urllib.parse import urlsplit
+
+from annotated_types import Ge, Gt, Le, Lt
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails, PydanticCustomError
+
+from langchain_fastpipe.errors import ConfigError
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+    from langchain_fastpipe.chat_models import ChatFastpipe
+    from langchain_fastpipe.transport import EndpointConfig
+
+__all__ = [
+    "ENV_ALIASES",
+    "ENV_PREFIX",
+    "NON_CONFIG_ENV_VARS",
+    "BackendSettings",
+    "FastpipeConfig",
+    "PerformanceOptimizations",
+    "PipelineSettings",
+    "PreloadSettings",
+    "get_config",
+    "set_config",
+]
+
+#: Prefix of every environment variable the configuration reads.
+ENV_PREFIX = "FASTPIPE_"
+
+#: ``FASTPIPE_*`` variables that are not configuration keys and are never rejected.
+NON_CONFIG_ENV_VARS: frozenset[str] = frozenset(
+    {
+        "FASTPIPE_CONFIG",
+        "FASTPIPE_PRELOAD",
+        "FASTPIPE_API_KEY",
+        "FASTPIPE_BASE_URL",
+        "FASTPIPE_LOCAL_MODEL",
+        "FASTPIPE_LLAMA_SERVER",
+    }
+)
+
+#: Short environment aliases of the seven documented keys: variable -> (section, key).
+ENV_ALIASES: Mapping[str, tuple[str, str]] = types.MappingProxyType(
+    {
+        f"{ENV_PREFIX}{key.upper()}": ("performance_optimizations", key)
+        for key in (
+            "enable_model_preloading",
+            "enable_optimized_pipeline",
+            "enable_connection_pooling",
+            "enable_response_streaming",
+            "preload_timeout_seconds",
+            "connection_pool_size",
+            "api_timeout_seconds",
+        )
+    }
+)
+
+_MASK = "**********"
+_SECRET_WORDS = ("key", "secret", "token", "password")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+_NONE = frozenset({"", "none", "null"})
+_DEFAULT_BASE_URLS = {"openai": "https://api.openai.com/v1", "ollama": "http://127.0.0.1:11434"}
+
+
+class _Section(BaseModel):
+    """Base of every config model: strict, frozen, unknown keys rejected with a suggestion."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, use_attribute_docstrings=True
+    )
+
+    def __init__(self, **data: Any) -> None:
+        """Validate ``data``; raise ConfigError naming each bad key, value and range."""
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise _config_error(exc, type(self)) from None
+
+    # Tell pydantic this __init__ only wraps BaseModel's (as pydantic's RootModel does), so
+    # validating nested sections does not call it and wrap its ConfigError a second time.
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
+    @classmethod
+    def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> Self:
+        """Validate a mapping like the constructor does, raising ConfigError on failure."""
+        try:
+            return super().model_validate(obj, *args, **kwargs)
+        except ValidationError as exc:
+            raise _config_error(exc, cls) from None
+
+    @classmethod
+    def model_validate_json(cls, json_data: Any, *args: Any, **kwargs: Any) -> Self:
+        """Validate a JSON document, raising ConfigError on failure."""
+        try:
+            return super().model_validate_json(json_data, *args, **kwargs)
+        except ValidationError as exc:
+            raise _config_error(exc, cls) from None
+
+
+class PerformanceOptimizations(_Section):
+    """The documented ``performance_optimizations`` section: feature flags and limits."""
+
+    enable_model_preloading: bool = True
+    """Warm models up before the first request; off: a model loads on first use."""
+    enable_optimized_pipeline: bool = True
+    """Ranked, adaptive strategies; off: strategies run in fixed order, one after another."""
+    enable_connection_pooling: bool = True
+    """Shared pooled HTTP/2 clients; off: a fresh HTTP/1.1 client per request."""
+    enable_response_streaming: bool = True
+    """Stream tokens as they arrive; off: wait for the whole answer (one chunk)."""
+    preload_timeout_seconds: float = Field(60.0, gt=0, le=3600)
+    """Time allowed for warming up all preloaded models."""
+    connection_pool_size: int = Field(20, ge=1, le=1000)
+    """Keep-alive connections kept per endpoint (``PoolLimits.max_keepalive_connections``)."""
+    api_timeout_seconds: float = Field(30.0, gt=0, le=3600)
+    """Read timeout of one API call."""
+    http2: bool = True
+    """Negotiate HTTP/2 (ALPN over TLS); falls back to HTTP/1.1."""
+    max_connections: int = Field(50, ge=1, le=1000)
+    """Connections open at once per endpoint; raised to ``connection_pool_size`` if lower."""
+    connect_timeout_seconds: float = Field(5.0, gt=0, le=3600)
+    """Time allowed to open one connection (TCP, TLS and HTTP/2 handshakes)."""
+    max_retries: int = Field(2, ge=0, le=10)
+    """Retries of a failed call before its first byte (attempts = 1 + max_retries)."""
+    first_chunk_timeout_seconds: float | None = Field(None, gt=0, le=3600)
+    """Fail a stream whose first chunk takes longer than this; None: no limit."""
+    hedging: bool = False
+    """Send a duplicate request when the first is slow, keep whichever answers first."""
+
+
+class BackendSettings(_Section):
+    """The ``backend`` section: which server and models to talk to."""
+
+    provider: Literal["openai", "ollama"] = "openai"
+    """Wire protocol: an OpenAI-compatible server or Ollama's native API."""
+    base_url: str | None = None
+    """Server URL; None: the provider's default (OpenAI's API or a local Ollama)."""
+    model: str | None = None
+    """Default chat model."""
+    extraction_model: str | None = None
+    """Model for the pipeline's extraction step; None: ``model``."""
+    formatting_model: str | None = None
+    """Model for the pipeline's formatting step; None: ``model``."""
+    api_key: SecretStr | None = None
+    """API key; None: the chat model reads it from its own environment variable."""
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise PydanticCustomError(
+                    "fastpipe_url",
+                    "must be an http:// or https:// URL with a host, like http://127.0.0.1:8000/v1",
+                )
+        return value
+
+    @field_validator("api_key")
+    @classmethod
+    def _reject_masked_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value() in ("", _MASK):
+            raise PydanticCustomError(
+                "fastpipe_secret",
+                "is empty or the masked placeholder of a dumped config; pass the real key "
+                "(FASTPIPE_BACKEND__API_KEY or code) or leave it out",
+            )
+        return value
+
+
+class PreloadSettings(_Section):
+    """The ``preload`` section: which models to warm up and keep warm."""
+
+    models: list[str] = Field(default_factory=list)
+    """Models to warm up at start; empty: the backend's ``model`` when preloading is on."""
+    keep_alive_refresh_seconds: float | None = Field(None, gt=0, le=86400)
+    """Re-warm each model this often so the server keeps it loaded; None: never."""
+
+
+class PipelineSettings(_Section):
+    """The ``pipeline`` section: ranked fallbacks and where their statistics live."""
+
+    min_success_rate: float = Field(0.5, ge=0, le=1)
+    """Strategies whose success rate falls below this are demoted in the ranking."""
+    probe_rate: float = Field(0.05, ge=0, le=1)
+    """Share of calls that try a demoted strategy again, so rankings can recover."""
+    store: Literal["memory", "sqlite", "redis"] = "memory"
+    """Where strategy statistics are kept."""
+    store_url: str | None = Field(None, repr=False)
+    """SQLite path or Redis URL; required for ``redis``."""
+
+    @model_validator(mode="after")
+    def _check_store(self) -> Self:
+        if self.store == "redis" and not self.store_url:
+            raise PydanticCustomError(
+                "fastpipe_store",
+                "pipeline.store_url is required when pipeline.store = 'redis' "
+                "(for example redis://127.0.0.1:6379/0)",
+            )
+        if self.store == "redis" and self.store_url:
+            scheme = urlsplit(self.store_url).scheme
+            if scheme not in ("redis", "rediss", "unix"):
+                raise PydanticCustomError(
+                    "fastpipe_store",
+                    "pipeline.store_url must be a redis://, rediss:// or unix:// URL when "
+                    f"pipeline.store = 'redis' (got scheme {scheme!r})",
+                )
+        return self
+
+
+class FastpipeConfig(_Section):
+    """The whole configuration of langchain-fastpipe.
+
+    Build it with :meth:`load` (file, environment and code, in that precedence), or
+    directly from code: ``FastpipeConfig(performance_optimizations={...})``. Instances
+    are frozen; :meth:`with_overrides` returns a validated copy.
+    """
+
+    performance_optimizations: PerformanceOptimizations = Field(
+        default_factory=PerformanceOptimizations
+    )
+    """Feature flags, pool sizes and timeouts."""
+    backend: BackendSettings = Field(default_factory=BackendSettings)
+    """Provider, server URL, models and API key."""
+    preload: PreloadSettings = Field(default_factory=PreloadSettings)
+    """Models to warm up."""
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    """Ranked fallbacks and their statistics store."""
+
+    # ----------------------------------------------------------------- loading
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        env: Mapping[str, str] = os.environ,
+        overrides: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> FastpipeConfig:
+        """Load the configuration: defaults < JSON file < environment < code.
+
+        Args:
+            path: A JSON file; None: the file named by ``FASTPIPE_CONFIG`` in ``env``, if any.
+            env: The environment to read ``FASTPIPE_*`` variables from.
+            overrides: Values from code: nested (``{"backend": {"model": "m"}}``), dotted
+                (``{"backend.model": "m"}``) or bare keys (``{"connection_pool_size": 5}``).
+            **kwargs: More overrides, same forms as ``overrides``; they win over it.
+
+        Returns:
+            The validated configuration.
+
+        Raises:
+            ConfigError: A missing or malformed file, an unknown key or variable, or a value
+                of the wrong type or out of range; the message names the key, the value, the
+                allowed range and the layer it came from.
+        """
+        data: dict[str, Any] = {}
+        sources: dict[tuple[str, ...], str] = {}
+        if path is None and env.get("FASTPIPE_CONFIG"):
+            path = env["FASTPIPE_CONFIG"]
+        if path is not None:
+            file_data = read_config_file(path)
+            _merge(data, file_data, sources, f"file {os.fspath(path)}")
+        env_data, env_sources = parse_env(env)
+        _merge(data, env_data, sources, "")
+        sources.update(env_sources)
+        code = normalize_overrides({**(overrides or {}), **kwargs})
+        _merge(data, code, sources, "code")
+        try:
+            return typing.cast("FastpipeConfig", cls.__pydantic_validator__.validate_python(data))
+        except ValidationError as exc:
+            raise _config_error(exc, cls, sources) from None
+
+    def with_overrides(
+        self, overrides: Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> FastpipeConfig:
+        """A validated copy with ``overrides`` applied (same forms as :meth:`load`)."""
+        data = self._plain_dump()
+        sources: dict[tuple[str, ...], str] = {}
+        _merge(data, normalize_overrides({**(overrides or {}), **kwargs}), sources, "code")
+        try:
+            validated = type(self).__pydantic_validator__.validate_python(data)
+            return typing.cast("FastpipeConfig", validated)
+        except ValidationError as exc:
+            raise _config_error(exc, type(self), sources) from None
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        """This configuration as JSON that :meth:`load` reads back; the API key is left out."""
+        return self.model_dump_json(indent=indent, exclude={"backend": {"api_key"}})
+
+    def _plain_dump(self) -> dict[str, Any]:
+        """A nested dict of plain values, keeping the API key as a SecretStr (never text)."""
+        data = self.model_dump()
+        data["backend"]["api_key"] = self.backend.api_key
+        return data
+
+    # ------------------------------------------------------------- the knobs
+    @property
+    def flags(self) -> dict[str, bool]:
+        """The four feature flags and hedging, by their documented names."""
+        po = self.performance_optimizations
+        return {
+            "enable_model_preloading": po.enable_model_preloading,
+            "enable_optimized_pipeline": po.enable_optimized_pipeline,
+            "enable_connection_pooling": po.enable_connection_pooling,
+            "enable_response_streaming": po.enable_response_streaming,
+            "hedging": po.hedging,
+        }
+
+    def resolved_base_url(self) -> str:
+        """``backend.base_url``, or the provider's default URL when it is not set."""
+        return self.backend.base_url or _DEFAULT_BASE_URLS[self.backend.provider]
+
+    def endpoint_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``transport.EndpointConfig`` (limits and retry as dicts).
+
+        Pure: no transport import. ``limits`` holds the ``PoolLimits`` fields and ``retry``
+        the ``RetryPolicy`` fields.
+        """
+        po = self.performance_optimizations
+        return {
+            "base_url": self.resolved_base_url(),
+            "http2": po.http2,
+            "pooling": po.enable_connection_pooling,
+            "timeout": po.api_timeout_seconds,
+            "connect_timeout": po.connect_timeout_seconds,
+            "limits": {
+                "max_keepalive_connections": po.connection_pool_size,
+                "max_connections": max(po.max_connections, po.connection_pool_size),
+            },
+            "retry": {"max_retries": po.max_retries},
+        }
+
+    def endpoint_config(self, **overrides: Any) -> EndpointConfig:
+        """The transport's ``EndpointConfig`` for the backend, with the flags applied.
+
+        Args:
+            **overrides: ``EndpointConfig`` fields to set on top (``verify=``, ``base_url=``...).
+
+        Returns:
+            The endpoint configuration; pooling off gives ``pooling=False`` (a fresh HTTP/1.1
+            client per request).
+        """
+        from langchain_fastpipe.transport import EndpointConfig, PoolLimits, RetryPolicy
+
+        kw = self.endpoint_kwargs()
+        kw["limits"] = PoolLimits(**kw["limits"])
+        kw["retry"] = RetryPolicy(**kw["retry"])
+        kw.update(overrides)
+        return EndpointConfig(**kw)
+
+    def chat_model_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``ChatFastpipe`` with the flags applied (pure, no import).
+
+        Streaming off gives ``streaming=False`` and ``disable_streaming=True``, so
+        ``astream`` yields the whole answer as one chunk. Unset optional values are left out.
+        """
+        po, backend = self.performance_optimizations, self.backend
+        kw: dict[str, Any] = {
+            "provider": backend.provider,
+            "timeout": po.api_timeout_seconds,
+            "connect_timeout": po.connect_timeout_seconds,
+            "max_retries": po.max_retries,
+            "streaming": po.enable_response_streaming,
+            "http2": po.http2,
+            "max_connections": max(po.max_connections, po.connection_pool_size),
+            "max_keepalive_connections": po.connection_pool_size,
+            "pooling": po.enable_connection_pooling,
+            "preload": po.enable_model_preloading,
+            "preload_timeout": po.preload_timeout_seconds,
+        }
+        if not po.enable_response_streaming:
+            kw["disable_streaming"] = True
+        optional = {
+            "model": backend.model,
+            "base_url": backend.base_url,
+            "api_key": backend.api_key,
+            "first_chunk_timeout": po.first_chunk_timeout_seconds,
+        }
+        kw.update({k: v for k, v in optional.items() if v is not None})
+        return kw
+
+    def chat_model(self, **overrides: Any) -> ChatFastpipe:
+        """A ``ChatFastpipe`` built from this configuration.
+
+        Settings the chat model has no field for are left out; ``overrides`` are passed as
+        given (so a misspelt one fails loudly).
+
+        Args:
+            **overrides: ``ChatFastpipe`` fields that win over the configuration.
+
+        Returns:
+            The chat model.
+        """
+        from langchain_fastpipe.chat_models import ChatFastpipe
+
+        accepted = set(ChatFastpipe.model_fields)
+        accepted |= {f.alias for f in ChatFastpipe.model_fields.values() if f.alias}
+        kw = {k: v for k, v in self.chat_model_kwargs().items() if k in accepted}
+        kw.update(overrides)
+        return ChatFastpipe(**kw)
+
+    def preload_models(self) -> list[str]:
+        """Models to warm up: ``preload.models``, else the backend model; [] when off."""
+        if not self.performance_optimizations.enable_model_preloading:
+            return []
+        if self.preload.models:
+            return list(self.preload.models)
+        return [self.backend.model] if self.backend.model else []
+
+
+_SECTIONS: dict[str, type[_Section]] = {
+    "performance_optimizations": PerformanceOptimizations,
+    "backend": BackendSettings,
+    "preload": PreloadSettings,
+    "pipeline": PipelineSettings,
+}
+
+#: Every key name -> its section (key names are unique across sections).
+_LEAVES: dict[str, str] = {k: s for s, m in _SECTIONS.items() for k in m.model_fields}
+
+
+# ------------------------------------------------------------------ pure helpers
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a JSON config file into a dict.
+
+    Raises:
+        ConfigError: The file is missing, unreadable, not JSON or not a JSON object.
+    """
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {file}: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"config file {file} is not valid JSON: {exc.msg} at line {exc.lineno} "
+            f"column {exc.colno}"
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {file} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def parse_env(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
+    """Turn ``FASTPIPE_*`` variables into nested config data, typed by the fields.
+
+    Args:
+        env: The environment.
+
+    Returns:
+        The nested data and, for each ``(section, key)``, the label of its variable.
+
+    Raises:
+        ConfigError: An unknown variable that looks like a config key (with the nearest
+            valid name), a value that does not parse as the field's type, or one key set
+            by both its long and short variable with different values.
+    """
+    data: dict[str, dict[str, Any]] = {}
+    origin: dict[tuple[str, str], str] = {}
+    for var in sorted(env):
+        upper = var.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in NON_CONFIG_ENV_VARS:
+            continue
+        target = _env_target(upper)
+        if target is None:
+            continue
+        section, key = target
+        field = _SECTIONS[section].model_fields[key]
+        value = _parse_env_value(env[var], field.annotation, var, f"{section}.{key}")
+        previous = origin.get(target)
+        if previous is not None and data[section][key] != value:
+            raise ConfigError(
+                f"{section}.{key} is set twice with different values, by {previous} and "
+                f"{var}; remove one of them"
+            )
+        data.setdefault(section, {})[key] = value
+        origin[target] = var
+    sources: dict[tuple[str, ...], str] = {t: f"env {var}" for t, var in origin.items()}
+    return dict(data), sources
+
+
+def normalize_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Turn code overrides into nested config data.
+
+    Accepts section keys (a mapping or a section model), dotted keys
+    (``"backend.model"``) and bare key names, which are unique across sections
+    (``connection_pool_size``, ``model``). Unknown names are kept as they are, so validation rejects
+    them with the nearest valid key.
+    """
+    out: dict[str, Any] = {}
+    for name, value in overrides.items():
+        if isinstance(value, BaseModel):
+            value = _dump_section(value)
+        if "." in name:
+            section, _, key = name.partition(".")
+            out.setdefault(section, {})[key] = value
+        elif name in _SECTIONS:
+            if isinstance(value, Mapping):
+                out.setdefault(name, {}).update(value)
+            else:
+                out[name] = value
+        elif name in _LEAVES:
+            section = _LEAVES[name]
+            out.setdefault(section, {})[name] = value
+        else:
+            out[name] = value
+    return out
+
+
+def _dump_section(model: BaseModel) -> dict[str, Any]:
+    """A section model as a dict, keeping SecretStr values as they are."""
+    data = model.model_dump()
+    for key in type(model).model_fields:
+        value = getattr(model, key)
+        if isinstance(value, SecretStr):
+            data[key] = value
+    return data
+
+
+def _merge(
+    base: dict[str, Any],
+    layer: Mapping[str, Any],
+    sources: dict[tuple[str, ...], str],
+    label: str,
+    prefix: tuple[str, ...] = (),
+) -> None:
+    """Merge ``layer`` into ``base`` key by key, recording ``label`` for every leaf set."""
+    for key, value in layer.items():
+        path = (*prefix, key)
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _merge(base[key], value, sources, label, path)
+            continue
+        base[key] = dict(value) if isinstance(value, Mapping) else value
+        if label:
+            sources[path] = label
+
+
+def _env_target(var: str) -> tuple[str, str] | None:
+    """The ``(section, key)`` a ``FASTPIPE_*`` variable sets; None if not a config variable.
+
+    Raises:
+        ConfigError: The variable looks like a config key but is not one.
+    """
+    if var in ENV_ALIASES:
+        return ENV_ALIASES[var]
+    name = var[len(ENV_PREFIX) :].lower()
+    if "__" in name:
+        section, _, key = name.partition("__")
+        if section not in _SECTIONS:
+            hint = _suggest(section, list(_SECTIONS))
+            raise ConfigError(
+                f"unknown environment variable {var}: no config section {section!r}"
+                + (f"; did you mean {ENV_PREFIX}{hint.upper()}__{key.upper()}?" if hint else "")
+                + f" (sections: {', '.join(_SECTIONS)})"
+            )
+        fields = list(_SECTIONS[section].model_fields)
+        if key not in fields:
+            hint = _suggest(key, fields)
+            raise ConfigError(
+                f"unknown environment variable {var}: {section} has no key {key!r}"
+                + (f"; did you mean {_env_name(section, hint)}?" if hint else "")
+                + f" (keys: {', '.join(fields)})"
+            )
+        return section, key
+    # No "__": a config variable only if it names (or nearly names) a key.
+    candidates: dict[str, str] = {alias[len(ENV_PREFIX) :].lower(): alias for alias in ENV_ALIASES}
+    for section, model in _SECTIONS.items():
+        candidates.setdefault(section, f"{ENV_PREFIX}{section.upper()}__<KEY>")
+        for key in model.model_fields:
+            candidates.setdefault(key, _env_name(section, key))
+    match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.8)
+    if not match:
+        return None
+    raise ConfigError(f"unknown environment variable {var}: did you mean {candidates[match[0]]}?")
+
+
+def _env_name(section: str, key: str) -> str:
+    """The long environment variable of ``section.key``."""
+    alias = f"{ENV_PREFIX}{key.upper()}"
+    if ENV_ALIASES.get(alias) == (section, key):
+        return alias
+    return f"{ENV_PREFIX}{section.upper()}__{key.upper()}"
+
+
+def _parse_env_value(raw: str, annotation: Any, var: str, path: str) -> Any:
+    """Parse one environment value as the field's type, naming the variable on failure."""
+    text = raw.strip()
+    args = typing.get_args(annotation)
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType) and type(None) in args:
+        if text.lower() in _NONE:
+            return None
+        annotation = next(a for a in args if a is not type(None))
+        origin = typing.get_origin(annotation)
+    shown = "<redacted>" if _is_secret(path) else repr(raw)
+    if annotation is bool:
+        low = text.lower()
+        if low in _TRUE or low in _FALSE:
+            return low in _TRUE
+        raise ConfigError(
+            f"{var} = {shown} is not a boolean ({path}): use true/false, 1/0, yes/no or on/off"
+        )
+    if annotation is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"{var} = {shown} is not an integer ({path})") from None
+    if annotation is float:
+        try:
+            number = float(text)
+        except ValueError:
+            raise ConfigError(f"{var} = {shown} is not a number ({path})") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{var} = {shown} is not a finite number ({path})")
+        return number
+    if origin is list:
+        if text.startswith("["):
+            try:
+                items = json.loads(text)
+            except json.JSONDecodeError:
+                raise ConfigError(f"{var} = {shown} is not a JSON array ({path})") from None
+            return items
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return raw
+
+
+def _suggest(name: str, candidates: list[str]) -> str | None:
+    """The nearest of ``candidates`` to ``name`` (difflib), or None."""
+    match = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def _is_secret(path: str) -> bool:
+    """Whether the key at ``path`` holds a secret whose value must never be shown."""
+    leaf = path.rsplit(".", 1)[-1].lower()
+    return any(word in leaf for word in _SECRET_WORDS)
+
+
+# ---------------------------------------------------------------- error messages
+def _config_error(
+    exc: ValidationError,
+    root: type[BaseModel],
+    sources: Mapping[tuple[str, ...], str] | None = None,
+) -> ConfigError:
+    """One ConfigError describing every problem of a pydantic ValidationError."""
+    problems = [_describe(err, root, sources or {}) for err in exc.errors(include_url=False)]
+    if len(problems) == 1:
+        return ConfigError(problems[0])
+    listed = "\n".join(f"  - {p}" for p in problems)
+    return ConfigError(f"{len(problems)} configuration errors:\n{listed}")
+
+
+def _resolve(root: type[BaseModel], loc: tuple[int | str, ...]) -> tuple[str, Any, Any]:
+    """Walk ``loc`` through the model tree: (dotted path, FieldInfo or None, parent model)."""
+    model: Any = root
+    field = None
+    path = ""
+    for part in loc:
+        if isinstance(part, str) and isinstance(model, type) and issubclass(model, BaseModel):
+            field = model.model_fields.get(part)
+            path = f"{path}.{part}" if path else part
+            annotation = field.annotation if field is not None else None
+            model = annotation if isinstance(annotation, type) else None
+        elif isinstance(part, int):
+            path = f"{path}[{part}]"
+    return path, field, model
+
+
+def _range_text(field: Any) -> str:
+    """The allowed range of a field from its constraints, e.g. 'between 1 and 1000'."""
+    low: tuple[str, Any] | None = None
+    high: tuple[str, Any] | None = None
+    for meta in field.metadata if field is not None else ():
+        if isinstance(meta, Ge):
+            low = (">=", meta.ge)
+        elif isinstance(meta, Gt):
+            low = (">", meta.gt)
+        elif isinstance(meta, Le):
+            high = ("<=", meta.le)
+        elif isinstance(meta, Lt):
+            high = ("<", meta.lt)
+    if low is not None and high is not None and low[0] == ">=" and high[0] == "<=":
+        return f"between {low[1]:g} and {high[1]:g}"
+    return " and ".join(f"{op} {bound:g}" for op, bound in (b for b in (low, high) if b))
+
+
+def _show(value: Any, path: str) -> str:
+    """A value for an error message: secrets redacted, URLs without credentials, kept short."""
+    if _is_secret(path):
+        return "<redacted>"
+    if isinstance(value, SecretStr):
+        return "<redacted>"
+    if isinstance(value, str) and "://" in value:
+        parts = urlsplit(value)
+        if parts.username or parts.password:
+            value = value.replace(parts.netloc, parts.netloc.rpartition("@")[2], 1)
+    if isinstance(value, (dict, list)) and len(repr(value)) > 80:
+        return f"<{type(value).__name__}>"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _source_of(loc: tuple[int | str, ...], sources: Mapping[tuple[str, ...], str]) -> str:
+    """The layer that supplied the value at ``loc`` (longest recorded prefix)."""
+    keys = tuple(str(p) for p in loc if isinstance(p, str))
+    for end in range(len(keys), 0, -1):
+        label = sources.get(keys[:end])
+        if label:
+            return f" (from {label})"
+    return ""
+
+
+def _describe(
+    err: ErrorDetails, root: type[BaseModel], sources: Mapping[tuple[str, ...], str]
+) -> str:
+    """One line naming the key, the value, the allowed values and the source."""
+    loc = tuple(err["loc"])
+    kind = err["type"]
+    path, field, section = _resolve(root, loc)
+    origin = _source_of(loc, sources)
+    if kind == "extra_forbidden":
+        return _unknown_key(root, loc) + origin
+    value = _show(err.get("input"), path)
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        rng = _range_text(field)
+        return f"{path} = {value} is out of range: must be {rng}{origin}"
+    if kind == "literal_error":
+        expected = (err.get("ctx") or {}).get("expected", "")
+        return f"{path} = {value} is not allowed: must be one of {expected}{origin}"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        got = type(err.get("input")).__name__
+        where = path or "the configuration"
+        return f"{where} must be an object (a JSON mapping), got {got}{origin}"
+    if kind.startswith("fastpipe_"):
+        if section is not None or not path:  # a whole-section check names its keys itself
+            return f"{err['msg']}{origin}"
+        return f"{path} = {value} {err['msg']}{origin}"
+    rng = _range_text(field)
+    expected = _TYPE_WORDS.get(kind, err["msg"].removeprefix("Input should be ").rstrip("."))
+    extra = f" {rng}" if rng else ""
+    return f"{path} = {value} is not valid: expected {expected}{extra}{origin}"
+
+
+_TYPE_WORDS = {
+    "bool_type": "true or false",
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "string_type": "a string",
+    "list_type": "a list of strings",
+    "finite_number": "a finite number",
+}
+
+
+def _unknown_key(root: type[BaseModel], loc: tuple[int | str, ...]) -> str:
+    """The message for an unknown key: its full name and the nearest valid one."""
+    parent_path, _, parent = _resolve(root, loc[:-1])
+    key = str(loc[-1])
+    full = f"{parent_path}.{key}" if parent_path else key
+    valid = list(parent.model_fields) if parent is not None else []
+    hint = _suggest(key, valid)
+    if hint is None and parent is root and root is FastpipeConfig:
+        # A key of some section written at the top level, e.g. "connection_pool_size".
+        near = _suggest(key, list(_LEAVES))
+        hint = f"{_LEAVES[near]}.{near}" if near else None
+    if hint is not None:
+        shown = f"{parent_path}.{hint}" if parent_path else hint
+        return f"unknown key {full!r}: did you mean {shown!r}?"
+    return f"unknown key {full!r}: valid keys are {', '.join(valid)}"
+
+
+# ----------------------------------------------------------- process-wide config
+_current: FastpipeConfig | None = None
+_current_lock = threading.Lock()
+
+
+def get_config() -> FastpipeConfig:
+    """The process-wide configuration, loaded on first use with :meth:`FastpipeConfig.load`."""
+    global _current
+    with _current_lock:
+        if _current is None:
+            _current = FastpipeConfig.load()
+        return _current
+
+
+def set_config(config: FastpipeConfig | None) -> None:
+    """Replace the process-wide configuration; None makes the next get_config() reload it."""
+    global _current
+    if config is not None and not isinstance(config, FastpipeConfig):
+        raise ConfigError(
+            f"set_config() takes a FastpipeConfig or None, got {type(config).__name__}"
+        )
+    with _current_lock:
+        _current = config
