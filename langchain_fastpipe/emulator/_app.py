@@ -785,6 +785,8 @@ class EmulatorApp:
         config: The configuration.
         reset_hook: Set by the server: breaks a client's TCP connection. Without it a
             reset raises inside the app (the server then drops the stream).
+        stats_hook: Set by the server: its counters, served at ``GET /_emulator/stats``
+            (so a benchmark can read the connection count of an emulator in another process).
         requests: Requests received (all paths).
         active_requests: Requests in progress.
         chat_requests: Requests to the completion paths.
@@ -812,6 +814,7 @@ class EmulatorApp:
         self._loading: dict[str, asyncio.Future[None]] = {}
         self._history: dict[str, deque[RecordedRequest]] = {}
         self.reset_hook: ResetHook | None = None
+        self.stats_hook: Callable[[], dict[str, Any]] | None = None
         self.requests = 0
         self.active_requests = 0
         self.chat_requests = 0
@@ -947,6 +950,8 @@ class EmulatorApp:
             await _send_json(send, 200, {"object": "list", "data": data})
         elif path == "/api/tags":
             await _send_json(send, 200, {"models": [_ollama_model(n) for n in names]})
+        elif path == "/_emulator/stats" and self.stats_hook is not None:
+            await _send_json(send, 200, self.stats_hook())
         elif path == "/api/ps":
             loaded = sorted(self.loaded_models)
             models = [{**_ollama_model(n), "expires_at": _iso_now(now + 300), "size_vram": 0}

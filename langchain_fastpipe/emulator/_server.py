@@ -103,6 +103,7 @@ class EmulatorServer:
         self.host = host
         self._port = port
         self.app = EmulatorApp(self.config)
+        self.app.stats_hook = self.stats
         self.app.reset_hook = self._reset_client
         self._certs: _Certs | None = None
         self._thread: threading.Thread | None = None

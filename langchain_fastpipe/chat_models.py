@@ -1,0 +1,708 @@
+"""ChatFastpipe: a LangChain chat model over OpenAI-compatible servers and Ollama.
+
+The model holds configuration only. Requests go through the shared pooled client of its
+endpoint (:func:`langchain_fastpipe.transport.get_pool`); payloads and parsing live in
+the pure :mod:`langchain_fastpipe.providers`; sync and async streams share one parser
+core (:class:`_ChunkParser`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+import warnings
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Generator,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from operator import itemgetter
+from typing import Any, Literal, cast
+from urllib.parse import urlsplit
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.exceptions import OutputParserException
+from langchain_core.language_models import LangSmithParams, LanguageModelInput
+from langchain_core.language_models.chat_models import (
+    BaseChatModel,
+    agenerate_from_stream,
+    generate_from_stream,
+)
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
+from langchain_core.output_parsers.openai_tools import (
+    JsonOutputKeyToolsParser,
+    PydanticToolsParser,
+)
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable, RunnableLambda, RunnableMap, RunnablePassthrough
+from langchain_core.utils import secret_from_env
+from langchain_core.utils.function_calling import convert_to_openai_function
+from langchain_core.utils.json import parse_json_markdown
+from langchain_core.utils.pydantic import is_basemodel_subclass
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr
+from pydantic.v1 import BaseModel as BaseModelV1
+
+from langchain_fastpipe.errors import ConfigError
+from langchain_fastpipe.providers import (
+    PROVIDERS,
+    ChatRequest,
+    Provider,
+    StreamParser,
+    WarmupRequest,
+    get_provider,
+)
+from langchain_fastpipe.providers._convert import convert_tools, tool_choice_to_openai
+from langchain_fastpipe.transport import (
+    EndpointConfig,
+    PoolLimits,
+    ResponseInfo,
+    RetryPolicy,
+    get_pool,
+)
+from langchain_fastpipe.transport._config import redact_url
+
+__all__ = ["ChatFastpipe", "set_preload_hook"]
+
+logger = logging.getLogger(__name__)
+
+_OLLAMA_DEFAULT_URL = "http://127.0.0.1:11434"
+_OPENAI_DEFAULT_URL = "https://api.openai.com/v1"
+_OPENAI_URL_ENV = ("FASTPIPE_BASE_URL", "OPENAI_BASE_URL")
+
+#: Called with each ChatFastpipe built with ``preload=True`` (set by the preloader).
+_preload_hook: Callable[[ChatFastpipe], None] | None = None
+
+
+def set_preload_hook(hook: Callable[[ChatFastpipe], None] | None) -> None:
+    """Install the function that ``preload=True`` models are handed to on construction.
+
+    The preloader (``langchain_fastpipe.preload``) installs one that schedules a warm-up;
+    None removes it.
+
+    Args:
+        hook: Called with the new model; it must not block.
+    """
+    global _preload_hook
+    _preload_hook = hook
+
+
+def _default_base_url(provider: str) -> str:
+    """The base URL used when none is given: env for OpenAI, localhost for Ollama."""
+    if provider == "ollama":
+        return _OLLAMA_DEFAULT_URL
+    for name in _OPENAI_URL_ENV:
+        value = os.environ.get(name)
+        if value:
+            return value
+    return _OPENAI_DEFAULT_URL
+
+
+def _check_base_url(base_url: str) -> None:
+    """Raise ConfigError unless ``base_url`` is ``http(s)://host[:port][/path]`` without secrets."""
+    shown = redact_url(base_url)
+    try:
+        parts = urlsplit(base_url)
+        _ = parts.port
+    except ValueError as exc:
+        msg = f"ChatFastpipe.base_url is not a valid URL: {shown!r}"
+        raise ConfigError(msg) from exc
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        msg = f"ChatFastpipe.base_url must be http(s)://host[:port][/path], got {shown!r}"
+        raise ConfigError(msg)
+    if parts.username or parts.password:
+        msg = (
+            f"ChatFastpipe.base_url must not carry credentials ({shown!r}): pass the key as api_key"
+        )
+        raise ConfigError(msg)
+
+
+def _is_pydantic_class(obj: Any) -> bool:
+    return isinstance(obj, type) and is_basemodel_subclass(obj)
+
+
+def json_schema_response_format(schema: Any, *, strict: bool | None = None) -> dict[str, Any]:
+    """An OpenAI ``response_format`` of type ``json_schema`` for a pydantic class or schema.
+
+    Args:
+        schema: A pydantic class, TypedDict, JSON schema or OpenAI function dict; a
+            ready ``{"type": "json_schema", ...}`` dict is returned unchanged.
+        strict: Ask the server for strict schema adherence.
+
+    Returns:
+        ``{"type": "json_schema", "json_schema": {"name", "schema", ...}}``.
+    """
+    if isinstance(schema, Mapping) and schema.get("type") == "json_schema":
+        return dict(schema)
+    if isinstance(schema, Mapping) and "name" in schema and "schema" in schema:
+        return {"type": "json_schema", "json_schema": dict(schema)}
+    function = convert_to_openai_function(schema, strict=bool(strict) if strict else None)
+    spec: dict[str, Any] = {"name": function["name"], "schema": function.get("parameters", {})}
+    if function.get("description"):
+        spec["description"] = function["description"]
+    if strict is not None:
+        spec["strict"] = strict
+    return {"type": "json_schema", "json_schema": spec}
+
+
+class _ChunkParser:
+    """The one pure core of sync and async streams: bytes in, finished chunks out.
+
+    Wraps the provider's stream parser and adds, on the first chunk, the HTTP version
+    and ``time_to_first_chunk_ms`` (measured with the injected ``clock`` from creation,
+    which is just before the request is sent).
+    """
+
+    def __init__(
+        self,
+        parser: StreamParser,
+        *,
+        info: ResponseInfo,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self._parser = parser
+        self._info = info
+        self._clock = clock
+        self._started = clock()
+        self.chunks = 0
+        self.time_to_first_chunk: float | None = None
+
+    def feed(self, data: bytes) -> list[ChatGenerationChunk]:
+        """Decode bytes into chunks (annotating the first one)."""
+        return self._annotate(self._parser.feed(data))
+
+    def finish(self) -> list[ChatGenerationChunk]:
+        """End of body; raises ProtocolViolationError when the reply was truncated."""
+        return self._annotate(self._parser.finish())
+
+    def _annotate(self, chunks: list[ChatGenerationChunk]) -> list[ChatGenerationChunk]:
+        if chunks and self.chunks == 0:
+            self.time_to_first_chunk = self._clock() - self._started
+            meta = chunks[0].message.response_metadata
+            meta["time_to_first_chunk_ms"] = round(self.time_to_first_chunk * 1000.0, 3)
+            if self._info.http_version:
+                meta["http_version"] = self._info.http_version
+        self.chunks += len(chunks)
+        return chunks
+
+
+class ChatFastpipe(BaseChatModel):
+    """A fast chat model for OpenAI-compatible servers and Ollama.
+
+    Requests share one pooled HTTP/2-capable client per endpoint configuration, streams
+    are read to their end so connections return to the pool, and the API key travels only
+    as an ``Authorization`` header.
+
+    Example:
+        .. code-block:: python
+
+            from langchain_fastpipe.chat_models import ChatFastpipe
+
+            llm = ChatFastpipe(model="gemma3", provider="ollama")
+            for chunk in llm.stream("Hello"):
+                print(chunk.text, end="")
+    """
+
+    model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True)
+
+    provider: str = "openai"
+    """Wire format: ``"openai"`` (Chat Completions, any compatible server) or ``"ollama"``
+    (native ``/api/chat``, which honours ``keep_alive``)."""
+
+    model_name: str = Field(alias="model")
+    """Model name sent to the server."""
+
+    base_url: str | None = None
+    """``http(s)://host[:port][/path]``. OpenAI's includes ``/v1``. Default: env
+    ``FASTPIPE_BASE_URL`` or ``OPENAI_BASE_URL`` (else ``https://api.openai.com/v1``) for
+    openai, ``http://127.0.0.1:11434`` for ollama."""
+
+    api_key: SecretStr | None = Field(
+        default_factory=secret_from_env(["FASTPIPE_API_KEY", "OPENAI_API_KEY"], default=None),
+        alias="openai_api_key",
+    )
+    """API key, sent as ``Authorization: Bearer``. Default: env ``FASTPIPE_API_KEY`` or
+    ``OPENAI_API_KEY``. Never shown in repr, logs, errors or statistics."""
+
+    temperature: float | None = None
+    """Sampling temperature; None leaves the server's default."""
+
+    max_tokens: int | None = None
+    """Most tokens to generate (``max_tokens``; Ollama ``options.num_predict``)."""
+
+    stop: list[str] | None = None
+    """Default stop sequences (a call's ``stop`` replaces them)."""
+
+    timeout: float = 30.0
+    """Read/write/pool timeout per request, in seconds."""
+
+    max_retries: int = 2
+    """Retries of a failed request before any byte reached the caller."""
+
+    streaming: bool = False
+    """When True, ``invoke`` streams and aggregates the chunks (callbacks get tokens)."""
+
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """More top-level payload keys (OpenAI), or options/top-level keys (Ollama: option
+    names such as ``num_ctx`` go to ``options``)."""
+
+    keep_alive: str | int | float | None = None
+    """Ollama only: how long the model stays loaded after a call (``"5m"``, ``-1``)."""
+
+    http2: bool = True
+    """Offer HTTP/2 by ALPN on https endpoints (falls back to HTTP/1.1)."""
+
+    http2_prior_knowledge: bool = False
+    """Speak HTTP/2 directly (h2c) on plain http endpoints; opt-in."""
+
+    verify: bool | str = True
+    """TLS verification: True, False, or the path of a CA bundle (e.g. a test CA)."""
+
+    max_connections: int = 50
+    """Most connections the endpoint's pool opens at once."""
+
+    max_keepalive_connections: int = 20
+    """Idle connections the endpoint's pool keeps for reuse."""
+
+    pooling: bool = True
+    """Share one pooled client per endpoint. False makes a fresh client per request (the
+    baseline of benchmarks)."""
+
+    preload: bool = False
+    """Warm the model up in the background on construction (through the preloader's
+    hook, see :func:`set_preload_hook`; without one installed this does nothing)."""
+
+    _endpoint_config: EndpointConfig | None = PrivateAttr(default=None)
+
+    def __init__(self, **data: Any) -> None:
+        """Create the model and validate its configuration.
+
+        Raises:
+            ConfigError: A field is out of range or the provider or base URL is invalid
+                (the message names the field).
+        """
+        super().__init__(**data)
+        self._validate_config()
+        if self.preload and _preload_hook is not None:
+            _preload_hook(self)
+
+    def _validate_config(self) -> None:
+        if self.provider not in PROVIDERS:
+            msg = (
+                f"ChatFastpipe.provider must be one of {', '.join(map(repr, PROVIDERS))}, "
+                f"got {self.provider!r}"
+            )
+            raise ConfigError(msg)
+        if self.base_url is None:
+            self.base_url = _default_base_url(self.provider)
+        _check_base_url(self.base_url)
+        checks: list[tuple[str, float | None, float, bool]] = [
+            ("timeout", self.timeout, 0, True),
+            ("max_retries", self.max_retries, 0, False),
+            ("max_connections", self.max_connections, 1, False),
+            ("max_keepalive_connections", self.max_keepalive_connections, 0, False),
+            ("max_tokens", self.max_tokens, 1, False),
+            ("temperature", self.temperature, 0, False),
+        ]
+        for name, value, minimum, strict in checks:
+            if value is None:
+                continue
+            if value < minimum or (strict and value == minimum):
+                relation = ">" if strict else ">="
+                msg = f"ChatFastpipe.{name} must be {relation} {minimum}, got {value!r}"
+                raise ConfigError(msg)
+        self._endpoint_config = EndpointConfig(
+            base_url=self.base_url,
+            http2=self.http2,
+            http2_prior_knowledge=self.http2_prior_knowledge,
+            limits=PoolLimits(
+                max_connections=self.max_connections,
+                max_keepalive_connections=self.max_keepalive_connections,
+            ),
+            timeout=float(self.timeout),
+            verify=self.verify,
+            retry=RetryPolicy(max_retries=self.max_retries),
+            pooling=self.pooling,
+        )
+
+    # ------------------------------------------------------------------ request building
+
+    @property
+    def endpoint_config(self) -> EndpointConfig:
+        """The transport configuration (the key of the shared pool)."""
+        if self._endpoint_config is None:  # pragma: no cover - set in __init__
+            self._validate_config()
+        return cast(EndpointConfig, self._endpoint_config)
+
+    @property
+    def provider_adapter(self) -> Provider:
+        """The pure wire-format adapter of :attr:`provider`."""
+        return get_provider(self.provider)
+
+    def _headers(self) -> dict[str, str]:
+        if self.api_key is None:
+            return {}
+        return {"Authorization": f"Bearer {self.api_key.get_secret_value()}"}
+
+    def _chat_request(
+        self, messages: Sequence[BaseMessage], stop: list[str] | None, kwargs: Mapping[str, Any]
+    ) -> ChatRequest:
+        """Merge fields, call kwargs and bound arguments into one ChatRequest (pure)."""
+        extra = dict(kwargs)
+        for key in ("stream", "ls_structured_output_format", "strict"):
+            extra.pop(key, None)
+        model = extra.pop("model", None) or self.model_name
+        tools = extra.pop("tools", None)
+        tool_choice = extra.pop("tool_choice", None)
+        response_format = extra.pop("response_format", None)
+        temperature = extra.pop("temperature", self.temperature)
+        max_tokens = extra.pop("max_tokens", self.max_tokens)
+        keep_alive = extra.pop("keep_alive", self.keep_alive)
+        call_stop = extra.pop("stop", None)
+        stop_seq = stop if stop is not None else (call_stop if call_stop is not None else self.stop)
+        formatted_tools = convert_tools(tools) if tools else None
+        names = [t["function"]["name"] for t in formatted_tools or () if "function" in t]
+        if response_format is not None and not (
+            isinstance(response_format, Mapping) and "type" in response_format
+        ):
+            response_format = json_schema_response_format(response_format)
+        return ChatRequest(
+            model=model,
+            messages=messages,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            stop=stop_seq or None,
+            tools=formatted_tools,
+            tool_choice=tool_choice_to_openai(tool_choice, names) if formatted_tools else None,
+            response_format=response_format,
+            keep_alive=keep_alive,
+            extra={**self.model_kwargs, **extra},
+        )
+
+    def _payload(
+        self,
+        messages: Sequence[BaseMessage],
+        stop: list[str] | None,
+        kwargs: Mapping[str, Any],
+        *,
+        stream: bool,
+    ) -> dict[str, Any]:
+        request = self._chat_request(messages, stop, kwargs)
+        return self.provider_adapter.build_payload(request, stream=stream)
+
+    def warmup_request(self) -> WarmupRequest:
+        """The request that loads this model as its real calls would (for the preloader).
+
+        For Ollama it is ``/api/generate`` with no prompt, ``keep_alive`` and exactly the
+        ``options`` of a real call; for OpenAI a one-token completion.
+        """
+        return self.provider_adapter.warmup_payload(self._chat_request([], None, {}))
+
+    async def awarmup(self) -> ResponseInfo:
+        """Send :meth:`warmup_request` through the shared pool; returns its response info."""
+        warm = self.warmup_request()
+        _, info = await get_pool(self.endpoint_config).apost_json(
+            warm.path, warm.payload, headers=self._headers()
+        )
+        return info
+
+    def warmup(self) -> ResponseInfo:
+        """Synchronous :meth:`awarmup`."""
+        warm = self.warmup_request()
+        _, info = get_pool(self.endpoint_config).post_json(
+            warm.path, warm.payload, headers=self._headers()
+        )
+        return info
+
+    # ------------------------------------------------------------------ results
+
+    def _finish_result(self, result: ChatResult, info: ResponseInfo) -> ChatResult:
+        for generation in result.generations:
+            meta = generation.message.response_metadata
+            meta.setdefault("model_name", self.model_name)
+            if info.http_version:
+                meta["http_version"] = info.http_version
+        return result
+
+    # ------------------------------------------------------------------ LangChain overrides
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        if self.streaming:
+            return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
+        payload = self._payload(messages, stop, kwargs, stream=False)
+        pool = get_pool(self.endpoint_config)
+        logger.debug("chat %s model=%s at %s", self.provider, payload["model"], pool.endpoint)
+        body, info = pool.post_json(
+            self.provider_adapter.chat_path, payload, headers=self._headers()
+        )
+        result = self.provider_adapter.parse_response(body, endpoint=pool.endpoint)
+        return self._finish_result(result, info)
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        if self.streaming:
+            return await agenerate_from_stream(self._astream(messages, stop, run_manager, **kwargs))
+        payload = self._payload(messages, stop, kwargs, stream=False)
+        pool = get_pool(self.endpoint_config)
+        logger.debug("chat %s model=%s at %s", self.provider, payload["model"], pool.endpoint)
+        body, info = await pool.apost_json(
+            self.provider_adapter.chat_path, payload, headers=self._headers()
+        )
+        result = self.provider_adapter.parse_response(body, endpoint=pool.endpoint)
+        return self._finish_result(result, info)
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        payload = self._payload(messages, stop, kwargs, stream=True)
+        pool = get_pool(self.endpoint_config)
+        logger.debug("stream %s model=%s at %s", self.provider, payload["model"], pool.endpoint)
+        info = ResponseInfo()
+        core = _ChunkParser(self.provider_adapter.stream_parser(endpoint=pool.endpoint), info=info)
+        source = pool.stream(
+            self.provider_adapter.chat_path, payload, headers=self._headers(), info=info
+        )
+        with contextlib.closing(cast(Generator[bytes, None, None], source)):
+            for data in source:  # read to the end: the connection goes back to the pool
+                for chunk in core.feed(data):
+                    if run_manager:
+                        run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                    yield chunk
+        for chunk in core.finish():
+            if run_manager:
+                run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+            yield chunk
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        payload = self._payload(messages, stop, kwargs, stream=True)
+        pool = get_pool(self.endpoint_config)
+        logger.debug("stream %s model=%s at %s", self.provider, payload["model"], pool.endpoint)
+        info = ResponseInfo()
+        core = _ChunkParser(self.provider_adapter.stream_parser(endpoint=pool.endpoint), info=info)
+        source = pool.astream(
+            self.provider_adapter.chat_path, payload, headers=self._headers(), info=info
+        )
+        async with contextlib.aclosing(cast(AsyncGenerator[bytes, None], source)):
+            async for data in source:  # read to the end: the connection goes back to the pool
+                for chunk in core.feed(data):
+                    if run_manager:
+                        await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                    yield chunk
+        for chunk in core.finish():
+            if run_manager:
+                await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+            yield chunk
+
+    @property
+    def _llm_type(self) -> str:
+        """``fastpipe-<provider>``, used by LangChain for tracing and caching."""
+        return f"fastpipe-{self.provider}"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        """Parameters that identify this model (the base URL redacted, never the key)."""
+        return {
+            "provider": self.provider,
+            "model_name": self.model_name,
+            "base_url": redact_url(self.base_url or ""),
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "stop": self.stop,
+            "keep_alive": self.keep_alive,
+            **self.model_kwargs,
+        }
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        """Standard LangSmith tracing parameters (a per-call ``model`` wins)."""
+        params = LangSmithParams(
+            ls_provider=self.provider,
+            ls_model_name=kwargs.get("model") or self.model_name,
+            ls_model_type="chat",
+            ls_temperature=kwargs.get("temperature", self.temperature),
+        )
+        if max_tokens := kwargs.get("max_tokens", self.max_tokens):
+            params["ls_max_tokens"] = max_tokens
+        if ls_stop := stop or kwargs.get("stop") or self.stop:
+            params["ls_stop"] = ls_stop
+        return params
+
+    # ------------------------------------------------------------------ tools and structure
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | Any],
+        *,
+        tool_choice: dict[str, Any] | str | bool | None = None,
+        strict: bool | None = None,
+        parallel_tool_calls: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Bind tools (BaseTool, functions, pydantic models, JSON schemas) to the model.
+
+        Args:
+            tools: The tools; converted with ``convert_to_openai_tool``.
+            tool_choice: ``"auto"``, ``"none"``, ``"required"``/``"any"``/``True``, the
+                name of one of ``tools``, or an OpenAI ``tool_choice`` dict.
+            strict: Ask for strict argument schemas (OpenAI structured outputs).
+            parallel_tool_calls: Allow several tool calls per reply (OpenAI only).
+            **kwargs: More arguments bound to every call.
+
+        Returns:
+            A runnable calling the model with the tools.
+
+        Raises:
+            ConfigError: A tool cannot be converted, or ``tool_choice`` is unknown.
+        """
+        formatted = convert_tools(tools, strict=strict)
+        if tool_choice is not None and tool_choice is not False:
+            names = [t["function"]["name"] for t in formatted if "function" in t]
+            kwargs["tool_choice"] = tool_choice_to_openai(tool_choice, names)
+        if parallel_tool_calls is not None:
+            kwargs["parallel_tool_calls"] = parallel_tool_calls
+        return super().bind(tools=formatted, **kwargs)
+
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type | None = None,
+        *,
+        method: Literal["json_schema", "function_calling", "json_mode"] = "json_schema",
+        include_raw: bool = False,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, dict[str, Any] | BaseModel]:
+        """A runnable whose output follows ``schema`` (as langchain-openai does it).
+
+        Args:
+            schema: A pydantic class (output is an instance), or a TypedDict / JSON schema
+                / OpenAI function dict (output is a dict). Optional for ``json_mode``.
+            method: ``"json_schema"`` (``response_format`` / Ollama ``format`` with the
+                schema; default), ``"function_calling"`` (a forced tool call) or
+                ``"json_mode"`` (any JSON object; describe the shape in the prompt).
+            include_raw: Return ``{"raw", "parsed", "parsing_error"}`` instead of raising
+                on parsing errors.
+            strict: Ask for strict schema adherence (not with ``json_mode``).
+            **kwargs: More arguments bound to every call.
+
+        Returns:
+            The structured-output runnable.
+
+        Raises:
+            ValueError: An unknown method, a missing schema, or ``strict`` with json_mode.
+        """
+        if method not in ("json_schema", "function_calling", "json_mode"):
+            msg = f"method must be 'json_schema', 'function_calling' or 'json_mode', got {method!r}"
+            raise ConfigError(msg)
+        if strict is not None and method == "json_mode":
+            msg = "strict is not supported with method='json_mode'"
+            raise ConfigError(msg)
+        if schema is None and method != "json_mode":
+            msg = f"schema is required with method={method!r}"
+            raise ConfigError(msg)
+        is_pydantic = _is_pydantic_class(schema)
+        if method == "json_schema" and is_pydantic and issubclass(cast(type, schema), BaseModelV1):
+            warnings.warn(
+                "pydantic.v1 models are not supported by method='json_schema'; "
+                "using method='function_calling'",
+                stacklevel=2,
+            )
+            method = "function_calling"
+        output_parser: Runnable[Any, Any]
+        if method == "function_calling":
+            tool_name = convert_tools([schema])[0]["function"]["name"]
+            llm = self.bind_tools(
+                [schema],
+                tool_choice=tool_name,
+                strict=strict,
+                parallel_tool_calls=False,
+                ls_structured_output_format={
+                    "kwargs": {"method": method, "strict": strict},
+                    "schema": schema,
+                },
+                **kwargs,
+            )
+            output_parser = (
+                PydanticToolsParser(tools=[cast(type, schema)], first_tool_only=True)
+                if is_pydantic
+                else JsonOutputKeyToolsParser(key_name=tool_name, first_tool_only=True)
+            )
+        elif method == "json_mode":
+            llm = self.bind(
+                response_format={"type": "json_object"},
+                ls_structured_output_format={"kwargs": {"method": method}, "schema": schema},
+                **kwargs,
+            )
+            output_parser = (
+                PydanticOutputParser(pydantic_object=cast(type[BaseModel], schema))
+                if is_pydantic
+                else JsonOutputParser()
+            )
+        else:
+            llm = self.bind(
+                response_format=json_schema_response_format(schema, strict=strict),
+                ls_structured_output_format={
+                    "kwargs": {"method": method, "strict": strict},
+                    "schema": convert_tools([schema])[0],
+                },
+                **kwargs,
+            )
+            if is_pydantic:
+                pydantic_schema = cast(type[BaseModel], schema)
+
+                def parse(message: AIMessage) -> BaseModel | None:
+                    return _parse_structured(message, pydantic_schema)
+
+                output_parser = RunnableLambda(parse).with_types(output_type=pydantic_schema)
+            else:
+                output_parser = JsonOutputParser()
+        if include_raw:
+            parser_assign = RunnablePassthrough.assign(
+                parsed=itemgetter("raw") | output_parser, parsing_error=lambda _: None
+            )
+            parser_none = RunnablePassthrough.assign(parsed=lambda _: None)
+            parser_with_fallback = parser_assign.with_fallbacks(
+                [parser_none], exception_key="parsing_error"
+            )
+            return cast(
+                Runnable[LanguageModelInput, Any], RunnableMap(raw=llm) | parser_with_fallback
+            )
+        return cast(Runnable[LanguageModelInput, Any], llm | output_parser)
+
+
+def _parse_structured(message: AIMessage, schema: type[BaseModel]) -> BaseModel | None:
+    """Parse a json_schema reply's content into ``schema`` (None for a tool-call reply)."""
+    text = message.text
+    if not text.strip() and message.tool_calls:
+        return None
+    try:
+        data = parse_json_markdown(text)
+    except ValueError as exc:
+        msg = f"structured output is not valid JSON: {text[:200]!r}"
+        raise OutputParserException(msg, llm_output=text) from exc
+    return schema.model_validate(data)

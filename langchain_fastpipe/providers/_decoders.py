@@ -1,0 +1,314 @@
+"""Incremental, pure decoders for Server-Sent Events and newline-delimited JSON.
+
+Both decoders take raw bytes exactly as they come off the wire, in chunks of any size,
+and return the complete items those bytes finish. They hold the unfinished tail between
+calls, so a line (or a UTF-8 character) split across two network reads decodes the same
+as one read. Nothing here does I/O: one decoder serves sync and async streams alike.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from langchain_fastpipe.errors import ProtocolViolationError
+
+__all__ = ["DEFAULT_MAX_LINE_BYTES", "NDJSONDecoder", "SSEDecoder", "SSEEvent"]
+
+#: Longest line either decoder buffers before it gives up (a runaway or hostile server).
+DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+_BOM = b"\xef\xbb\xbf"
+
+
+@dataclass(frozen=True)
+class SSEEvent:
+    r"""One dispatched Server-Sent Event.
+
+    Attributes:
+        event: The event type (``"message"`` when the stream did not name one).
+        data: The data lines joined with ``"\n"``.
+        id: The last event id seen on the stream (``""`` if none).
+        retry: The reconnection time in milliseconds, when this event set one.
+    """
+
+    event: str = "message"
+    data: str = ""
+    id: str = ""
+    retry: int | None = None
+
+    def json(self) -> Any:
+        """Parse ``data`` as JSON.
+
+        Raises:
+            ProtocolViolationError: The data is not valid JSON.
+        """
+        try:
+            return json.loads(self.data)
+        except ValueError as exc:
+            msg = f"SSE event data is not valid JSON: {self.data[:200]!r}"
+            raise ProtocolViolationError(msg) from exc
+
+
+def _decode_line(line: bytes, kind: str) -> str:
+    """Decode one complete line as UTF-8, mapping bad bytes to a protocol error."""
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        msg = f"{kind} line is not valid UTF-8: {line[:200]!r}"
+        raise ProtocolViolationError(msg) from exc
+
+
+class _LineSplitter:
+    r"""Split a byte stream into lines at ``\r\n``, ``\n`` or ``\r``.
+
+    A ``\r`` that ends one chunk while the next begins with ``\n`` counts as one line
+    end. Lines are split as bytes, so a multi-byte UTF-8 character (whose bytes are never
+    CR or LF) split across chunks stays whole.
+    """
+
+    __slots__ = ("_buf", "_kind", "_max_line", "_scan_from", "_skip_lf")
+
+    def __init__(self, *, kind: str, max_line_bytes: int) -> None:
+        self._buf = bytearray()
+        self._skip_lf = False
+        self._scan_from = 0
+        self._max_line = max_line_bytes
+        self._kind = kind
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add bytes and return the lines they complete (without line ends)."""
+        if not data:
+            return []
+        if self._skip_lf:
+            self._skip_lf = False
+            if data[:1] == b"\n":
+                data = data[1:]
+        self._buf += data
+        lines: list[bytes] = []
+        start = 0
+        buf = self._buf
+        pos = self._scan_from
+        while True:
+            match = _LINE_END.search(buf, pos)
+            if match is None:
+                break
+            lines.append(bytes(buf[start : match.start()]))
+            start = pos = match.end()
+            if match.group() == b"\r" and start == len(buf):
+                # A lone CR at the end: a following LF belongs to this line end.
+                self._skip_lf = True
+        if start:
+            del buf[:start]
+        self._scan_from = len(buf)
+        if len(buf) > self._max_line:
+            msg = f"{self._kind} line longer than {self._max_line} bytes"
+            raise ProtocolViolationError(msg)
+        return lines
+
+    def flush(self) -> bytes | None:
+        """Return the unterminated last line, if any, and reset."""
+        rest = bytes(self._buf) if self._buf else None
+        self._buf.clear()
+        self._scan_from = 0
+        self._skip_lf = False
+        return rest
+
+
+class SSEDecoder:
+    r"""Decode a ``text/event-stream`` body incrementally (WHATWG HTML, section 9.2.6).
+
+    Handles every line ending (``\r\n``, ``\n``, ``\r``), comments (``:`` lines),
+    multi-line ``data``, a leading byte-order mark and chunks that split lines or UTF-8
+    characters anywhere.
+
+    Example:
+        >>> decoder = SSEDecoder()
+        >>> decoder.feed(b"data: hel")
+        []
+        >>> decoder.feed(b"lo\n\n")
+        [SSEEvent(event='message', data='hello', id='', retry=None)]
+    """
+
+    def __init__(self, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
+        """Create a decoder.
+
+        Args:
+            max_line_bytes: Longest line buffered before raising ProtocolViolationError.
+        """
+        self._lines = _LineSplitter(kind="SSE", max_line_bytes=max_line_bytes)
+        self._started = False
+        self._bom_buf = b""
+        self._event = ""
+        self._data: list[str] = []
+        self._last_id = ""
+        self._retry: int | None = None
+        self._dirty = False
+
+    def feed(self, data: bytes) -> list[SSEEvent]:
+        """Decode the next bytes of the stream.
+
+        Args:
+            data: Any number of bytes (possibly none, possibly a partial line).
+
+        Returns:
+            The events completed by these bytes, in order.
+
+        Raises:
+            ProtocolViolationError: A line is not UTF-8 or exceeds the line limit.
+        """
+        if not self._started:
+            data = self._strip_bom(data)
+            if not self._started:
+                return []
+        return self._feed_lines(data)
+
+    def flush(self) -> list[SSEEvent]:
+        r"""Finish the stream: decode a last unterminated line and any pending event.
+
+        A body that ends without the final blank line still yields its last event:
+        servers often close right after ``data: [DONE]\n``.
+
+        Returns:
+            The events still pending, in order.
+        """
+        events: list[SSEEvent] = []
+        if not self._started:
+            # Fewer bytes than a BOM arrived in all: they are plain content.
+            self._started = True
+            rest, self._bom_buf = self._bom_buf, b""
+            events.extend(self._feed_lines(rest))
+        tail = self._lines.flush()
+        if tail is not None:
+            event = self._process_line(_decode_line(tail, "SSE"))
+            if event is not None:
+                events.append(event)
+        event = self._dispatch()
+        if event is not None:
+            events.append(event)
+        return events
+
+    def _feed_lines(self, data: bytes) -> list[SSEEvent]:
+        events: list[SSEEvent] = []
+        for line in self._lines.feed(data):
+            event = self._process_line(_decode_line(line, "SSE"))
+            if event is not None:
+                events.append(event)
+        return events
+
+    def _strip_bom(self, data: bytes) -> bytes:
+        """Drop a UTF-8 BOM at the very start, even when it arrives split."""
+        buf = self._bom_buf + data
+        if len(buf) < len(_BOM) and _BOM.startswith(buf):
+            self._bom_buf = buf
+            return b""
+        self._bom_buf = b""
+        self._started = True
+        return buf[len(_BOM) :] if buf.startswith(_BOM) else buf
+
+    def _process_line(self, line: str) -> SSEEvent | None:
+        if not line:
+            return self._dispatch()
+        if line.startswith(":"):
+            return None
+        field, sep, value = line.partition(":")
+        if sep and value.startswith(" "):
+            value = value[1:]
+        if field == "data":
+            self._data.append(value)
+            self._dirty = True
+        elif field == "event":
+            self._event = value
+            self._dirty = True
+        elif field == "id":
+            if "\0" not in value:
+                self._last_id = value
+                self._dirty = True
+        elif field == "retry" and value.isdigit():
+            self._retry = int(value)
+            self._dirty = True
+        return None
+
+    def _dispatch(self) -> SSEEvent | None:
+        if not self._dirty:
+            return None
+        event = SSEEvent(
+            event=self._event or "message",
+            data="\n".join(self._data),
+            id=self._last_id,
+            retry=self._retry,
+        )
+        self._event = ""
+        self._data = []
+        self._retry = None
+        self._dirty = False
+        return event
+
+
+class NDJSONDecoder:
+    r"""Decode newline-delimited JSON objects (Ollama's streaming format) incrementally.
+
+    Blank lines are skipped; ``\r\n`` is accepted. Each non-blank line must be a JSON
+    object.
+
+    Example:
+        >>> decoder = NDJSONDecoder()
+        >>> decoder.feed(b'{"a": 1}\n{"b"')
+        [{'a': 1}]
+        >>> decoder.feed(b": 2}\n")
+        [{'b': 2}]
+    """
+
+    def __init__(self, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
+        """Create a decoder.
+
+        Args:
+            max_line_bytes: Longest line buffered before raising ProtocolViolationError.
+        """
+        self._lines = _LineSplitter(kind="NDJSON", max_line_bytes=max_line_bytes)
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        """Decode the next bytes of the stream.
+
+        Args:
+            data: Any number of bytes.
+
+        Returns:
+            The JSON objects completed by these bytes, in order.
+
+        Raises:
+            ProtocolViolationError: A line is not UTF-8, not JSON, or not an object.
+        """
+        objs = (_parse_ndjson(line) for line in self._lines.feed(data))
+        return [obj for obj in objs if obj is not None]
+
+    def flush(self) -> list[dict[str, Any]]:
+        """Finish the stream and decode a last line that had no newline.
+
+        Raises:
+            ProtocolViolationError: The last line is not a JSON object.
+        """
+        tail = self._lines.flush()
+        if tail is None:
+            return []
+        obj = _parse_ndjson(tail)
+        return [obj] if obj is not None else []
+
+
+def _parse_ndjson(line: bytes) -> dict[str, Any] | None:
+    """Parse one NDJSON line; ``None`` for a blank line."""
+    text = _decode_line(line, "NDJSON").strip()
+    if not text:
+        return None
+    try:
+        obj = json.loads(text)
+    except ValueError as exc:
+        msg = f"NDJSON line is not valid JSON: {text[:200]!r}"
+        raise ProtocolViolationError(msg) from exc
+    if not isinstance(obj, dict):
+        msg = f"NDJSON line is not a JSON object: {text[:200]!r}"
+        raise ProtocolViolationError(msg)
+    return obj

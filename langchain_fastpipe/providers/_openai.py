@@ -1,0 +1,298 @@
+"""OpenAI Chat Completions and compatible servers (llama.cpp, vLLM): pure payloads, parsing."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from langchain_core.messages import AIMessage, AIMessageChunk
+from langchain_core.messages.ai import InputTokenDetails, OutputTokenDetails, UsageMetadata
+from langchain_core.messages.tool import ToolCallChunk, tool_call_chunk
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+
+from langchain_fastpipe.errors import ProtocolViolationError
+from langchain_fastpipe.providers._base import (
+    ChatRequest,
+    ProviderName,
+    WarmupRequest,
+    require_mapping,
+    stream_error,
+    usage_metadata,
+)
+from langchain_fastpipe.providers._convert import messages_to_openai, parse_openai_tool_calls
+from langchain_fastpipe.providers._decoders import SSEDecoder, SSEEvent
+
+__all__ = [
+    "OpenAIProvider",
+    "OpenAIStreamParser",
+    "openai_stream_chunk",
+    "openai_usage",
+]
+
+_PROVIDER = "openai"
+
+
+def openai_usage(usage: Mapping[str, Any]) -> UsageMetadata:
+    """Convert an OpenAI ``usage`` object to ``UsageMetadata`` (with cache/reasoning details)."""
+    meta = usage_metadata(
+        usage.get("prompt_tokens"), usage.get("completion_tokens"), usage.get("total_tokens")
+    )
+    prompt_details = usage.get("prompt_tokens_details") or {}
+    completion_details = usage.get("completion_tokens_details") or {}
+    if isinstance(prompt_details, Mapping) and isinstance(prompt_details.get("cached_tokens"), int):
+        meta["input_token_details"] = InputTokenDetails(cache_read=prompt_details["cached_tokens"])
+    if isinstance(completion_details, Mapping) and isinstance(
+        completion_details.get("reasoning_tokens"), int
+    ):
+        meta["output_token_details"] = OutputTokenDetails(
+            reasoning=completion_details["reasoning_tokens"]
+        )
+    return meta
+
+
+def _finish_metadata(body: Mapping[str, Any], finish_reason: Any) -> dict[str, Any]:
+    meta: dict[str, Any] = {"finish_reason": finish_reason}
+    if body.get("model"):
+        meta["model_name"] = body["model"]
+    if body.get("system_fingerprint"):
+        meta["system_fingerprint"] = body["system_fingerprint"]
+    return meta
+
+
+def _tool_call_chunks(raw_calls: Sequence[Any]) -> list[ToolCallChunk]:
+    chunks: list[ToolCallChunk] = []
+    for position, raw in enumerate(raw_calls):
+        if not isinstance(raw, Mapping):
+            continue
+        function = raw.get("function") or {}
+        index = raw.get("index")
+        chunks.append(
+            tool_call_chunk(
+                name=function.get("name"),
+                args=function.get("arguments"),
+                id=raw.get("id"),
+                index=index if isinstance(index, int) else position,
+            )
+        )
+    return chunks
+
+
+def openai_stream_chunk(obj: Mapping[str, Any]) -> ChatGenerationChunk | None:
+    """Convert one decoded ``chat.completion.chunk`` into a generation chunk.
+
+    Args:
+        obj: The JSON of one SSE ``data:`` line.
+
+    Returns:
+        The chunk: content delta, ``tool_call_chunks`` (with ``index``), usage on the
+        usage chunk, ``finish_reason`` and ``model_name`` in ``response_metadata`` on the
+        chunk that finishes the choice; None for an event carrying nothing.
+    """
+    usage = obj.get("usage")
+    usage_meta = openai_usage(usage) if isinstance(usage, Mapping) else None
+    choices = obj.get("choices") or []
+    msg_id = obj.get("id") if isinstance(obj.get("id"), str) else None
+    if not choices:
+        if usage_meta is None:
+            return None
+        return ChatGenerationChunk(
+            message=AIMessageChunk(
+                content="",
+                usage_metadata=usage_meta,
+                response_metadata={"model_provider": _PROVIDER},
+                id=msg_id,
+            )
+        )
+    choice = choices[0] if isinstance(choices[0], Mapping) else {}
+    delta = choice.get("delta") or {}
+    content = delta.get("content") or ""
+    additional: dict[str, Any] = {}
+    if isinstance(delta.get("reasoning_content"), str) and delta["reasoning_content"]:
+        additional["reasoning_content"] = delta["reasoning_content"]
+    if isinstance(delta.get("refusal"), str) and delta["refusal"]:
+        additional["refusal"] = delta["refusal"]
+    response_metadata: dict[str, Any] = {"model_provider": _PROVIDER}
+    generation_info: dict[str, Any] | None = None
+    finish_reason = choice.get("finish_reason")
+    if finish_reason:
+        response_metadata.update(_finish_metadata(obj, finish_reason))
+        generation_info = {"finish_reason": finish_reason}
+    message = AIMessageChunk(
+        content=content if isinstance(content, str) else "",
+        additional_kwargs=additional,
+        tool_call_chunks=_tool_call_chunks(delta.get("tool_calls") or []),
+        usage_metadata=usage_meta,
+        response_metadata=response_metadata,
+        id=msg_id,
+    )
+    return ChatGenerationChunk(message=message, generation_info=generation_info)
+
+
+class OpenAIStreamParser:
+    """Bytes of one Chat Completions SSE stream in, ``ChatGenerationChunk`` objects out.
+
+    The stream counts as complete when ``data: [DONE]`` or a ``finish_reason`` arrived;
+    :meth:`finish` raises ProtocolViolationError otherwise (a truncated stream).
+    """
+
+    def __init__(self, *, endpoint: str = "") -> None:
+        """Create a parser for one stream from ``endpoint`` (named in errors)."""
+        self._decoder = SSEDecoder()
+        self._endpoint = endpoint
+        self._done = False
+        self._finished = False
+
+    @property
+    def done(self) -> bool:
+        """Whether ``[DONE]`` or a finish reason was seen."""
+        return self._done or self._finished
+
+    def feed(self, data: bytes) -> list[ChatGenerationChunk]:
+        """Decode bytes and return the chunks they complete."""
+        return self._handle(self._decoder.feed(data))
+
+    def finish(self) -> list[ChatGenerationChunk]:
+        """End of body: return pending chunks; raise if the stream was cut short."""
+        chunks = self._handle(self._decoder.flush())
+        if not self.done:
+            where = f" from {self._endpoint}" if self._endpoint else ""
+            msg = f"stream{where} ended before [DONE] or a finish_reason (truncated reply)"
+            raise ProtocolViolationError(msg, endpoint=self._endpoint)
+        return chunks
+
+    def _handle(self, events: list[SSEEvent]) -> list[ChatGenerationChunk]:
+        chunks: list[ChatGenerationChunk] = []
+        for event in events:
+            data = event.data.strip()
+            if not data:
+                continue
+            if data == "[DONE]":
+                self._done = True
+                continue
+            obj = require_mapping(event.json(), "stream event", endpoint=self._endpoint)
+            if event.event == "error" or obj.get("error"):
+                raise stream_error(obj.get("error", obj), endpoint=self._endpoint)
+            chunk = openai_stream_chunk(obj)
+            if chunk is None:
+                continue
+            if chunk.generation_info and chunk.generation_info.get("finish_reason"):
+                self._finished = True
+            chunks.append(chunk)
+        return chunks
+
+
+class OpenAIProvider:
+    """The OpenAI Chat Completions wire format (``POST {base_url}/chat/completions``)."""
+
+    @property
+    def name(self) -> ProviderName:
+        """``"openai"``."""
+        return "openai"
+
+    @property
+    def chat_path(self) -> str:
+        """``/chat/completions`` (the base URL carries ``/v1``)."""
+        return "/chat/completions"
+
+    @property
+    def default_base_url(self) -> str:
+        """OpenAI's public API."""
+        return "https://api.openai.com/v1"
+
+    def build_payload(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
+        """The Chat Completions body.
+
+        ``extra`` keys go in first, so the explicit fields win; ``stream_options``
+        asks for usage on the final chunk of a stream.
+        """
+        payload: dict[str, Any] = dict(request.extra)
+        payload["model"] = request.model
+        payload["messages"] = messages_to_openai(request.messages)
+        payload["stream"] = stream
+        if stream:
+            options = dict(payload.get("stream_options") or {})
+            options.setdefault("include_usage", True)
+            payload["stream_options"] = options
+        else:
+            payload.pop("stream_options", None)
+        if request.temperature is not None:
+            payload["temperature"] = request.temperature
+        if request.max_tokens is not None:
+            payload["max_tokens"] = request.max_tokens
+        if request.stop:
+            payload["stop"] = list(request.stop)
+        if request.tools:
+            payload["tools"] = [dict(tool) for tool in request.tools]
+            if request.tool_choice is not None:
+                payload["tool_choice"] = (
+                    request.tool_choice
+                    if isinstance(request.tool_choice, str)
+                    else dict(request.tool_choice)
+                )
+        if request.response_format is not None:
+            payload["response_format"] = dict(request.response_format)
+        return payload
+
+    def parse_response(self, body: Mapping[str, Any], *, endpoint: str = "") -> ChatResult:
+        """Parse a ``chat.completion`` reply into a ChatResult.
+
+        Raises:
+            ProtocolViolationError: No ``choices`` or no ``message``.
+            HTTPStatusError: The body carries an ``error`` object.
+        """
+        if body.get("error"):
+            raise stream_error(body["error"], endpoint=endpoint)
+        choices = body.get("choices")
+        if not isinstance(choices, list) or not choices:
+            msg = f"reply from {endpoint or 'endpoint'} has no choices (keys: {sorted(body)})"
+            raise ProtocolViolationError(msg, endpoint=endpoint)
+        choice = require_mapping(choices[0], "choices[0]", endpoint=endpoint)
+        raw = require_mapping(choice.get("message"), "choices[0].message", endpoint=endpoint)
+        usage = body.get("usage")
+        usage_meta = openai_usage(usage) if isinstance(usage, Mapping) else None
+        tool_calls, invalid = parse_openai_tool_calls(raw.get("tool_calls") or [])
+        additional: dict[str, Any] = {}
+        for key in ("reasoning_content", "refusal"):
+            if isinstance(raw.get(key), str) and raw[key]:
+                additional[key] = raw[key]
+        finish_reason = choice.get("finish_reason")
+        response_metadata = {"model_provider": _PROVIDER, **_finish_metadata(body, finish_reason)}
+        content = raw.get("content")
+        message = AIMessage(
+            content=content if isinstance(content, str) else "",
+            additional_kwargs=additional,
+            tool_calls=tool_calls,
+            invalid_tool_calls=invalid,
+            usage_metadata=usage_meta,
+            response_metadata=response_metadata,
+            id=body.get("id") if isinstance(body.get("id"), str) else None,
+        )
+        generation = ChatGeneration(
+            message=message, generation_info={"finish_reason": finish_reason}
+        )
+        llm_output = {
+            "token_usage": dict(usage) if isinstance(usage, Mapping) else None,
+            "model_name": body.get("model"),
+            "model_provider": _PROVIDER,
+        }
+        return ChatResult(generations=[generation], llm_output=llm_output)
+
+    def stream_parser(self, *, endpoint: str = "") -> OpenAIStreamParser:
+        """A fresh SSE parser for one streamed reply."""
+        return OpenAIStreamParser(endpoint=endpoint)
+
+    def warmup_payload(self, request: ChatRequest) -> WarmupRequest:
+        """A one-token, non-streamed completion of ``request.model``.
+
+        OpenAI-compatible servers have no load-only call; a 1-token reply loads the
+        model (llama.cpp, vLLM) and warms the connection at the cost of one token.
+        """
+        payload: dict[str, Any] = {
+            "model": request.model,
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 1,
+            "stream": False,
+        }
+        if request.temperature is not None:
+            payload["temperature"] = request.temperature
+        return WarmupRequest(path=self.chat_path, payload=payload)

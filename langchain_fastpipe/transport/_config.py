@@ -1,0 +1,253 @@
+"""Configuration value objects of the transport: hashable, validated, documented defaults.
+
+Every object here is a frozen, keyword-only dataclass, so an :class:`EndpointConfig` is a
+valid dictionary key: it is the key of the shared pool (see :func:`get_pool`). Validation
+happens at construction and raises :class:`~langchain_fastpipe.errors.ConfigError` naming
+the field (or the redacted URL) that was wrong.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from langchain_fastpipe.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_RETRY_STATUSES",
+    "BreakerPolicy",
+    "EndpointConfig",
+    "PoolLimits",
+    "RetryPolicy",
+    "redact_url",
+]
+
+#: Statuses retried by default: timeouts, conflicts, rate limits and transient 5xx.
+DEFAULT_RETRY_STATUSES: frozenset[int] = frozenset({408, 409, 429, 500, 502, 503, 504})
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _check_number(owner: str, name: str, value: object, *, minimum: float, strict: bool) -> None:
+    """Raise ConfigError unless ``value`` is a finite number above (or at) ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        msg = f"{owner}.{name} must be a number, got {type(value).__name__}"
+        raise ConfigError(msg)
+    too_small = value <= minimum if strict else value < minimum
+    if too_small or math.isnan(value) or math.isinf(value):
+        relation = ">" if strict else ">="
+        msg = f"{owner}.{name} must be finite and {relation} {minimum:g}, got {value!r}"
+        raise ConfigError(msg)
+
+
+def _check_int(owner: str, name: str, value: object, *, minimum: int) -> None:
+    """Raise ConfigError unless ``value`` is an int of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        msg = f"{owner}.{name} must be an int, got {type(value).__name__}"
+        raise ConfigError(msg)
+    if value < minimum:
+        msg = f"{owner}.{name} must be >= {minimum}, got {value!r}"
+        raise ConfigError(msg)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PoolLimits:
+    """Connection pool limits of one endpoint.
+
+    Attributes:
+        max_keepalive_connections: Idle connections kept open for reuse.
+        max_connections: Connections open at once (HTTP/2 multiplexes many requests on one).
+        keepalive_expiry: Seconds an idle connection is kept before it is closed.
+    """
+
+    max_keepalive_connections: int = 20
+    max_connections: int = 50
+    keepalive_expiry: float = 30.0
+
+    def __post_init__(self) -> None:
+        """Validate the limits."""
+        _check_int("PoolLimits", "max_keepalive_connections", self.max_keepalive_connections,
+                   minimum=0)  # fmt: skip
+        _check_int("PoolLimits", "max_connections", self.max_connections, minimum=1)
+        _check_number("PoolLimits", "keepalive_expiry", self.keepalive_expiry,
+                      minimum=0, strict=False)  # fmt: skip
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetryPolicy:
+    """When and how long to wait before retrying a request.
+
+    A request is tried at most ``1 + max_retries`` times, and only before any body byte
+    reached the caller. The delay before retry ``n`` (0-based) is full-jitter exponential
+    backoff, ``uniform(0, min(max_backoff, initial_backoff * 2**n))``, unless the server
+    sent ``retry-after-ms`` or ``Retry-After``, which win (capped at ``retry_after_cap``).
+
+    Attributes:
+        max_retries: Retries after the first attempt; 0 disables retrying.
+        initial_backoff: Upper bound of the first backoff, in seconds.
+        max_backoff: Upper bound of any backoff, in seconds.
+        retry_after_cap: Longest server-requested wait that is honoured, in seconds.
+        retry_statuses: HTTP statuses that are retried.
+    """
+
+    max_retries: int = 2
+    initial_backoff: float = 0.25
+    max_backoff: float = 8.0
+    retry_after_cap: float = 60.0
+    retry_statuses: frozenset[int] = field(default=DEFAULT_RETRY_STATUSES)
+
+    def __post_init__(self) -> None:
+        """Validate the policy and make ``retry_statuses`` a frozenset (hashable)."""
+        _check_int("RetryPolicy", "max_retries", self.max_retries, minimum=0)
+        _check_number("RetryPolicy", "initial_backoff", self.initial_backoff,
+                      minimum=0, strict=False)  # fmt: skip
+        _check_number("RetryPolicy", "max_backoff", self.max_backoff, minimum=0, strict=False)
+        _check_number("RetryPolicy", "retry_after_cap", self.retry_after_cap,
+                      minimum=0, strict=False)  # fmt: skip
+        try:
+            statuses = frozenset(int(s) for s in self.retry_statuses)
+        except (TypeError, ValueError) as exc:
+            msg = (
+                f"RetryPolicy.retry_statuses must be HTTP status ints, got {self.retry_statuses!r}"
+            )
+            raise ConfigError(msg) from exc
+        object.__setattr__(self, "retry_statuses", statuses)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BreakerPolicy:
+    """Circuit breaker settings of one endpoint.
+
+    Attributes:
+        failure_threshold: Consecutive failures (connect errors, timeouts, 5xx) that open it.
+        recovery_time: Seconds it stays open before letting probes through (half-open).
+        half_open_max_calls: Probes let through at once while half-open.
+    """
+
+    failure_threshold: int = 5
+    recovery_time: float = 30.0
+    half_open_max_calls: int = 1
+
+    def __post_init__(self) -> None:
+        """Validate the policy."""
+        _check_int("BreakerPolicy", "failure_threshold", self.failure_threshold, minimum=1)
+        _check_number("BreakerPolicy", "recovery_time", self.recovery_time,
+                      minimum=0, strict=False)  # fmt: skip
+        _check_int("BreakerPolicy", "half_open_max_calls", self.half_open_max_calls, minimum=1)
+
+
+def redact_url(url: str) -> str:
+    """``scheme://host:port/path`` of ``url``: no credentials, query or fragment.
+
+    Args:
+        url: Any URL string (it may be malformed).
+
+    Returns:
+        The redacted form, safe for messages, logs and statistics.
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        # Malformed (e.g. a bad port): keep only what is certainly not a secret.
+        head, sep, rest = url.partition("://")
+        netloc = rest.split("/", 1)[0].rsplit("@", 1)[-1] if sep else ""
+        return f"{head}://{netloc}" if sep else "<unparseable url>"
+    scheme = parts.scheme.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    if port is None:
+        port = _DEFAULT_PORTS.get(scheme)
+    netloc = f"{host}:{port}" if port is not None else host
+    return f"{scheme}://{netloc}{parts.path.rstrip('/')}"
+
+
+def _validate_base_url(base_url: object) -> None:
+    """Raise ConfigError unless ``base_url`` is ``http(s)://host[:port][/path]``."""
+    if not isinstance(base_url, str):
+        msg = f"EndpointConfig.base_url must be a str, got {type(base_url).__name__}"
+        raise ConfigError(msg)
+    shown = redact_url(base_url)
+    try:
+        parts = urlsplit(base_url)
+        _ = parts.port  # raises ValueError on a bad port
+    except ValueError as exc:
+        msg = f"EndpointConfig.base_url is not a valid URL: {shown!r} ({exc})"
+        raise ConfigError(msg) from exc
+    if parts.scheme.lower() not in _DEFAULT_PORTS:
+        msg = f"EndpointConfig.base_url must use http or https, got {shown!r}"
+        raise ConfigError(msg)
+    if not parts.hostname:
+        msg = f"EndpointConfig.base_url has no host: {shown!r}"
+        raise ConfigError(msg)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EndpointConfig:
+    """Everything that identifies one endpoint's shared pool; hashable.
+
+    Attributes:
+        base_url: ``http(s)://host[:port][/path]``; request paths are appended to it.
+        http2: Offer HTTP/2 through ALPN over TLS (falls back to HTTP/1.1).
+        http2_prior_knowledge: Speak HTTP/2 directly on plain http (h2c); opt-in.
+        limits: Connection pool limits.
+        timeout: Read, write and pool timeout in seconds.
+        connect_timeout: Connect (TCP + TLS) timeout in seconds.
+        verify: True (system/certifi CAs), False (no verification) or a CA bundle path.
+        retry: When and how to retry.
+        breaker: The circuit breaker policy.
+        max_response_bytes: Largest non-streamed reply body accepted.
+        pooling: False gives a fresh HTTP/1.1 client per request (the "flag off" baseline).
+    """
+
+    base_url: str
+    http2: bool = True
+    http2_prior_knowledge: bool = False
+    limits: PoolLimits = field(default_factory=PoolLimits)
+    timeout: float = 30.0
+    connect_timeout: float = 5.0
+    verify: bool | str = True
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
+    max_response_bytes: int = 64 * 1024 * 1024
+    pooling: bool = True
+
+    def __post_init__(self) -> None:
+        """Validate every field."""
+        _validate_base_url(self.base_url)
+        for name, expected in (
+            ("limits", PoolLimits),
+            ("retry", RetryPolicy),
+            ("breaker", BreakerPolicy),
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, expected):
+                msg = (
+                    f"EndpointConfig.{name} must be a {expected.__name__}, "
+                    f"got {type(value).__name__}"
+                )
+                raise ConfigError(msg)
+        _check_number("EndpointConfig", "timeout", self.timeout, minimum=0, strict=True)
+        _check_number("EndpointConfig", "connect_timeout", self.connect_timeout,
+                      minimum=0, strict=True)  # fmt: skip
+        _check_int("EndpointConfig", "max_response_bytes", self.max_response_bytes, minimum=1)
+        if not isinstance(self.verify, (bool, str)):
+            msg = (
+                "EndpointConfig.verify must be a bool or a CA file path, "
+                f"got {type(self.verify).__name__}"
+            )
+            raise ConfigError(msg)
+
+    @property
+    def endpoint(self) -> str:
+        """The redacted ``scheme://host:port/path`` of :attr:`base_url`."""
+        return redact_url(self.base_url)
+
+    def __repr__(self) -> str:
+        """A repr that shows the redacted URL only (no userinfo, no query)."""
+        return (
+            f"EndpointConfig(base_url={self.endpoint!r}, http2={self.http2}, "
+            f"http2_prior_knowledge={self.http2_prior_knowledge}, pooling={self.pooling})"
+        )

@@ -1,0 +1,154 @@
+"""Per-endpoint statistics of the pooled transport, and the per-request trace hook.
+
+Counters are plain ints updated on the event loop thread (or under the GIL from sync
+callers); latency distributions are :class:`~langchain_fastpipe.stats.Histogram`.
+
+``connections_opened`` and ``pool_wait`` come from httpcore's ``trace`` request
+extension: one small callback per trace event (a handful per request), nothing per body
+chunk. ``pool_wait`` is approximate: the time from the start of the request until its
+headers start being sent, minus the time spent opening a connection (TCP connect, TLS
+handshake and the HTTP/2 preface) when this request opened one. It therefore contains
+the wait for a free connection or HTTP/2 stream slot, plus a few microseconds of
+client-side work.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from langchain_fastpipe.stats import Histogram
+
+__all__ = ["EndpointStats", "RequestTrace"]
+
+_CONNECT_STARTED = "connection.connect_tcp.started"
+_CONNECT_DONE = "connection.connect_tcp.complete"
+_SETUP_DONE = frozenset({"connection.start_tls.complete", "http2.send_connection_init.complete"})
+_HEADERS_STARTED = frozenset(
+    {"http11.send_request_headers.started", "http2.send_request_headers.started"}
+)
+
+
+class EndpointStats:
+    """Counters and histograms of one endpoint's pool.
+
+    Attributes:
+        requests: Requests sent (each attempt counts; warm-up requests included).
+        failures: Calls that ended in an error for the caller.
+        retries: Attempts after the first, including transparent replays.
+        replays: Requests resent at once because their pooled connection was gone (a
+            graceful HTTP/2 GOAWAY, or a reused keep-alive connection the server closed).
+        connections_opened: TCP connections opened.
+        http_versions: Replies per HTTP version (``"HTTP/1.1"``, ``"HTTP/2"``).
+        in_flight: Requests started and not finished (streams: until closed).
+        peak_in_flight: Highest ``in_flight`` seen.
+        latency: Seconds from call to the end of the reply (streams: end of the body).
+        time_to_headers: Seconds from call to response headers.
+        pool_wait: Approximate seconds waiting for a connection (see the module docstring).
+    """
+
+    def __init__(self, endpoint: str) -> None:
+        """Create zeroed statistics for ``endpoint`` (the redacted URL)."""
+        self.endpoint = endpoint
+        self.requests = 0
+        self.failures = 0
+        self.retries = 0
+        self.replays = 0
+        self.connections_opened = 0
+        self.http_versions: dict[str, int] = {}
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self.latency = Histogram()
+        self.time_to_headers = Histogram()
+        self.pool_wait = Histogram()
+
+    def enter(self) -> None:
+        """Count a call starting."""
+        self.in_flight += 1
+        if self.in_flight > self.peak_in_flight:
+            self.peak_in_flight = self.in_flight
+
+    def leave(self) -> None:
+        """Count a call finishing (successfully or not)."""
+        self.in_flight -= 1
+
+    def count_version(self, version: str) -> None:
+        """Count one reply over ``version``."""
+        self.http_versions[version] = self.http_versions.get(version, 0) + 1
+
+    def snapshot(self, breaker: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A JSON-serializable snapshot, with the breaker's state when given."""
+        requests = self.requests
+        return {
+            "endpoint": self.endpoint,
+            "requests": requests,
+            "failures": self.failures,
+            "retries": self.retries,
+            "replays": self.replays,
+            "connections_opened": self.connections_opened,
+            "reuse_ratio": (1.0 - self.connections_opened / requests) if requests else None,
+            "http_versions": dict(self.http_versions),
+            "in_flight": self.in_flight,
+            "peak_in_flight": self.peak_in_flight,
+            "latency": self.latency.snapshot(),
+            "time_to_headers": self.time_to_headers.snapshot(),
+            "pool_wait": self.pool_wait.snapshot(),
+            "breaker": breaker if breaker is not None else {},
+        }
+
+
+class RequestTrace:
+    """The httpcore ``trace`` hook of one request attempt.
+
+    Pass :meth:`atrace` (async clients) or :meth:`trace` (sync clients) as the ``trace``
+    request extension, then call :meth:`finish` once the response headers arrived.
+
+    Attributes:
+        opened_connection: Whether this attempt opened a new connection (False: it was
+            sent on a pooled one).
+    """
+
+    __slots__ = (
+        "_connect_done",
+        "_connect_started",
+        "_headers_at",
+        "_start",
+        "_stats",
+        "opened_connection",
+    )
+
+    def __init__(self, stats: EndpointStats) -> None:
+        """Start timing a request that reports into ``stats``."""
+        self._stats = stats
+        self._start = time.perf_counter()
+        self._connect_started: float | None = None
+        self._connect_done: float | None = None
+        self._headers_at: float | None = None
+        self.opened_connection = False
+
+    def trace(self, name: str, info: dict[str, Any]) -> None:
+        """Handle one httpcore trace event (sync clients)."""
+        if name in _HEADERS_STARTED:
+            if self._headers_at is None:
+                self._headers_at = time.perf_counter()
+        elif name == _CONNECT_STARTED:
+            self._connect_started = time.perf_counter()
+            self.opened_connection = True
+        elif name == _CONNECT_DONE:
+            self._stats.connections_opened += 1
+            self._connect_done = time.perf_counter()
+        elif name in _SETUP_DONE:
+            self._connect_done = time.perf_counter()
+
+    async def atrace(self, name: str, info: dict[str, Any]) -> None:
+        """Handle one httpcore trace event (async clients)."""
+        self.trace(name, info)
+
+    def finish(self) -> None:
+        """Record the pool wait of this attempt, if its headers were sent."""
+        if self._headers_at is None:
+            return
+        wait = self._headers_at - self._start
+        if self._connect_started is not None and self._connect_done is not None:
+            wait -= self._connect_done - self._connect_started
+        self._stats.pool_wait.record(max(0.0, wait))

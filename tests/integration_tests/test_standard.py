@@ -1,0 +1,101 @@
+"""LangChain's standard integration tests for ChatFastpipe, against the emulator.
+
+Four variants: the OpenAI and Ollama wire formats, each over plain HTTP/1.1 and over TLS
+with HTTP/2 (ALPN). The emulator is the session fixture of ``tests/conftest.py``; an
+autouse fixture stores it on the test instance, so ``chat_model_params`` (a property the
+standard tests read both through their ``model`` fixture and directly) can point at it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from langchain_tests.integration_tests import ChatModelIntegrationTests
+
+from langchain_fastpipe.chat_models import ChatFastpipe
+from langchain_fastpipe.emulator import EmulatorServer
+
+#: Standard tests the emulator cannot pass, with the reason. The emulator answers
+#: deterministically from the request's shape (schemas, tools), it does not read prompts.
+KNOWN_FAILURES = {
+    "test_tool_calling": "emulator fills tool arguments from the schema, not from the "
+    "prompt (asks for magic_function(3), gets a generated int)",
+    "test_tool_calling_async": "emulator fills tool arguments from the schema, not the prompt",
+    "test_unicode_tool_call_integration": "emulator generates ASCII words as tool arguments; "
+    "it cannot echo the requested unicode text",
+    "test_json_mode": "json_object mode carries no schema, and the emulator does not read the "
+    "keys the prompt asks for (it answers {'answer': ...})",
+}
+
+
+class _EmulatorStandardTests(ChatModelIntegrationTests):
+    provider = "openai"
+    server_fixture = "emulator"
+    _server: EmulatorServer
+
+    @pytest.fixture(autouse=True)
+    def _use_emulator(self, request: pytest.FixtureRequest) -> None:
+        self._server = request.getfixturevalue(self.server_fixture)
+        name = getattr(request.node, "originalname", request.node.name)
+        if name in KNOWN_FAILURES:
+            request.applymarker(pytest.mark.xfail(reason=KNOWN_FAILURES[name], strict=True))
+
+    @property
+    def chat_model_class(self) -> type[ChatFastpipe]:
+        return ChatFastpipe
+
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        server = self._server
+        suffix = "/v1" if self.provider == "openai" else ""
+        return {
+            "model": "emulator",
+            "provider": self.provider,
+            "base_url": server.base_url + suffix,
+            "verify": server.ca_cert_path or True,
+        }
+
+    @property
+    def has_tool_calling(self) -> bool:
+        return True
+
+    @property
+    def has_tool_choice(self) -> bool:
+        return True
+
+    @property
+    def has_structured_output(self) -> bool:
+        return True
+
+    @property
+    def supports_json_mode(self) -> bool:
+        return True
+
+    @property
+    def returns_usage_metadata(self) -> bool:
+        return True
+
+    @property
+    def model_override_value(self) -> str:
+        return "emulator-other"
+
+
+class TestOpenAIHTTP1(_EmulatorStandardTests):
+    provider = "openai"
+    server_fixture = "emulator"
+
+
+class TestOpenAIHTTP2TLS(_EmulatorStandardTests):
+    provider = "openai"
+    server_fixture = "emulator_h2"
+
+
+class TestOllamaHTTP1(_EmulatorStandardTests):
+    provider = "ollama"
+    server_fixture = "emulator"
+
+
+class TestOllamaHTTP2TLS(_EmulatorStandardTests):
+    provider = "ollama"
+    server_fixture = "emulator_h2"
