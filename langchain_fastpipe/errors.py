@@ -25,6 +25,8 @@ so code that catches LangChain's errors (or ``with_fallbacks``) keeps working::
     │   └── InterChunkTimeoutError                a gap between chunks over the limit
     ├── PreloadError                              a warm-up that failed (reported, not raised
     │                                             by default)
+    ├── LocalServerError                          the managed llama-server: binary or model
+    │                                             missing, or it never became healthy
     └── PipelineError
         └── AllStrategiesFailedError              every strategy failed; holds each cause
 
@@ -61,6 +63,7 @@ __all__ = [
     "FirstChunkTimeoutError",
     "HTTPStatusError",
     "InterChunkTimeoutError",
+    "LocalServerError",
     "NotFoundError",
     "PermissionDeniedError",
     "PipelineError",
@@ -277,6 +280,22 @@ class InterChunkTimeoutError(StreamStallError):
 
 class PreloadError(FastpipeError):
     """A model warm-up failed. Preloading reports it; it is raised only when asked to."""
+
+
+class LocalServerError(FastpipeError):
+    """The managed local model server could not be found, started or reached.
+
+    The message names what is missing (binary, model file) or how the server failed,
+    followed by the tail of its log file when there is one.
+
+    Attributes:
+        log_path: The server's log file, when it was started.
+    """
+
+    def __init__(self, message: str, *, log_path: str | None = None) -> None:
+        """Create the error; ``message`` already includes any log tail."""
+        super().__init__(message)
+        self.log_path = log_path
 
 
 class PipelineError(FastpipeError):

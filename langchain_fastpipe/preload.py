@@ -1,0 +1,874 @@
+"""Model preloading: warm every registered model at startup, concurrently.
+
+Warming a model means opening its pooled connections (TCP, TLS and HTTP/2 handshakes)
+and making the server load the model, so the first real query pays neither:
+
+* Ollama: ``POST /api/generate`` with the model, no prompt, ``keep_alive`` and exactly
+  the ``options`` real requests send (Ollama reloads a model whenever an allocation
+  option such as ``num_ctx`` differs, ollama/ollama#8903);
+* OpenAI-compatible servers: a 1-token chat request;
+* a managed :class:`~langchain_fastpipe.local.LocalModelServer`: starting it;
+* anything else with an ``async def awarm()``: calling it.
+
+A failed warm-up never breaks the application: :meth:`ModelPreloader.preload` reports
+it in a :class:`PreloadResult` and the model still works (it just pays the cold start).
+
+Startup integrations:
+
+* ``await default_preloader.preload()`` or ``preload_sync()`` at startup;
+* ``FastAPI(lifespan=fastpipe_lifespan)`` (any ASGI framework with lifespan support);
+* ``ChatFastpipe(..., preload=True)``, which calls :func:`register_and_schedule`;
+* the ``FASTPIPE_PRELOAD`` environment variable, read at import, e.g.
+  ``FASTPIPE_PRELOAD="ollama:llama3@http://127.0.0.1:11434,openai:gpt-4o-mini"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from langchain_fastpipe.chat_models import ChatFastpipe, set_preload_hook
+from langchain_fastpipe.errors import PreloadError
+from langchain_fastpipe.providers import WarmupRequest
+from langchain_fastpipe.stats import Histogram, registry
+from langchain_fastpipe.transport import PooledClient, get_pool
+
+__all__ = [
+    "PRELOAD_ENV",
+    "ModelPreloader",
+    "PreloadResult",
+    "PreloadSpec",
+    "PreloadStatus",
+    "Warmable",
+    "default_preloader",
+    "fastpipe_lifespan",
+    "parse_duration",
+    "parse_preload_env",
+    "preload",
+    "preload_sync",
+    "refresh_interval_for",
+    "register",
+    "register_and_schedule",
+    "register_from_env",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Environment variable listing models to register at import.
+PRELOAD_ENV = "FASTPIPE_PRELOAD"
+
+#: A warm-up: receives a callback to report each step done ("connections", ...).
+WarmFn = Callable[[Callable[[str], None]], Awaitable[None]]
+#: The blocking form of a warm-up, used by :meth:`ModelPreloader.preload_sync`.
+SyncWarmFn = Callable[[Callable[[str], None]], None]
+SleepFn = Callable[[float], Awaitable[None]]
+
+
+@runtime_checkable
+class Warmable(Protocol):
+    """Anything that can warm itself: ``await obj.awarm()``."""
+
+    def awarm(self) -> Awaitable[None]:
+        """Warm up (open connections, load the model, start the server...)."""
+        ...
+
+
+class PreloadStatus(str, enum.Enum):
+    """Outcome of one model's warm-up."""
+
+    OK = "ok"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+
+
+@dataclass(frozen=True)
+class PreloadResult:
+    """What one model's warm-up did.
+
+    Attributes:
+        name: The registered name of the model.
+        status: ok, failed or timed_out.
+        seconds: Time the warm-up took (by the preloader's clock).
+        steps: The steps completed, in order, e.g. ``("connections", "model_load")``.
+        error: ``"ErrorType: message"`` when it failed or timed out, else None.
+    """
+
+    name: str
+    status: PreloadStatus
+    seconds: float
+    steps: tuple[str, ...] = ()
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the warm-up succeeded."""
+        return self.status is PreloadStatus.OK
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-serializable form."""
+        return {
+            "name": self.name,
+            "status": self.status.value,
+            "seconds": self.seconds,
+            "steps": list(self.steps),
+            "error": self.error,
+        }
+
+
+# --------------------------------------------------------------------------- pure helpers
+_DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: str | float | None) -> float | None:
+    """Seconds from an Ollama-style duration (``"5m"``, ``"90s"``, ``"1h"``, ``300``).
+
+    Args:
+        value: A number of seconds, a string with an optional ms/s/m/h unit, or None.
+
+    Returns:
+        The seconds (negative means "forever" for Ollama), or None for None.
+
+    Raises:
+        ValueError: The string is not a duration.
+    """
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    match = _DURATION.match(value)
+    if match is None:
+        raise ValueError(f"not a duration: {value!r} (expected e.g. 300, '90s', '5m', '1h')")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def refresh_interval_for(keep_alive: str | float | None, *, fraction: float = 0.8) -> float | None:
+    """How often to re-warm so a server keeping a model ``keep_alive`` never unloads it.
+
+    Args:
+        keep_alive: The keep-alive sent with requests (Ollama's default is 5 minutes).
+        fraction: Re-warm after this fraction of the keep-alive has passed.
+
+    Returns:
+        Seconds between refreshes, or None when no refresh is needed (kept forever,
+        or unloaded at once so refreshing cannot help).
+    """
+    seconds = parse_duration(keep_alive if keep_alive is not None else "5m")
+    if seconds is None or seconds <= 0:
+        return None
+    return seconds * fraction
+
+
+@dataclass(frozen=True)
+class PreloadSpec:
+    """One model named in ``FASTPIPE_PRELOAD``: ``provider:model[@base_url]``.
+
+    Attributes:
+        provider: ``"ollama"`` or ``"openai"``.
+        model: The model name (may contain ``:``, e.g. ``llama3:8b``).
+        base_url: The server, or None for the provider's default.
+    """
+
+    provider: str
+    model: str
+    base_url: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The name it is registered under."""
+        where = f"@{self.base_url}" if self.base_url else ""
+        return f"{self.provider}:{self.model}{where}"
+
+
+_PROVIDERS = ("ollama", "openai")
+
+
+def parse_preload_env(text: str) -> tuple[list[PreloadSpec], list[str]]:
+    """Parse a ``FASTPIPE_PRELOAD`` value (pure; never raises).
+
+    Entries are separated by commas, semicolons or whitespace; each is
+    ``provider:model`` optionally followed by ``@base_url``.
+
+    Args:
+        text: The variable's value.
+
+    Returns:
+        ``(specs, errors)``: the valid entries, and one message per invalid entry.
+    """
+    specs: list[PreloadSpec] = []
+    errors: list[str] = []
+    for raw in re.split(r"[,;\s]+", text.strip()):
+        if not raw:
+            continue
+        head, _, url = raw.partition("@")
+        provider, sep, model = head.partition(":")
+        provider = provider.strip().lower()
+        if not sep or not model:
+            errors.append(f"{PRELOAD_ENV} entry {raw!r}: expected provider:model[@base_url]")
+            continue
+        if provider not in _PROVIDERS:
+            errors.append(
+                f"{PRELOAD_ENV} entry {raw!r}: unknown provider {provider!r} "
+                f"(expected one of {', '.join(_PROVIDERS)})"
+            )
+            continue
+        if url and not re.match(r"^https?://[^/\s]+", url):
+            errors.append(f"{PRELOAD_ENV} entry {raw!r}: base_url {url!r} is not http(s)://host")
+            continue
+        specs.append(PreloadSpec(provider=provider, model=model, base_url=url or None))
+    return specs, errors
+
+
+def _describe(exc: BaseException) -> str:
+    """``"ErrorType: message"`` for a result (typed errors never carry keys)."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# --------------------------------------------------------------------------- warmers
+def _chat_warm_parts(model: ChatFastpipe) -> tuple[PooledClient, WarmupRequest, dict[str, str]]:
+    """``(pool, warm-up request, headers)`` of a chat model: its own pool and options."""
+    return get_pool(model.endpoint_config), model.warmup_request(), model._headers()
+
+
+def _chat_warmer(model: ChatFastpipe, *, load_model: bool) -> WarmFn:
+    """The async warm-up of a ChatFastpipe: its pool's connections, then the model load."""
+
+    async def warm(done: Callable[[str], None]) -> None:
+        pool, request, headers = _chat_warm_parts(model)
+        if pool.config.pooling:  # without pooling there is nothing to keep open
+            await pool.awarm()
+            done("connections")
+        if load_model:
+            await pool.apost_json(request.path, request.payload, headers=headers)
+            done("model_load")
+
+    return warm
+
+
+def _chat_warmer_sync(model: ChatFastpipe, *, load_model: bool) -> SyncWarmFn:
+    """The blocking warm-up of a ChatFastpipe: warms its sync client (for sync calls)."""
+
+    def warm(done: Callable[[str], None]) -> None:
+        pool, request, headers = _chat_warm_parts(model)
+        if pool.config.pooling:
+            pool.warm()
+            done("connections")
+        if load_model:
+            pool.post_json(request.path, request.payload, headers=headers)
+            done("model_load")
+
+    return warm
+
+
+def _awarm_warmer(target: Any) -> WarmFn:
+    """The warm-up of an object with ``awarm()``.
+
+    For a LocalModelServer the step is ``"server_start"`` when this warm-up started it
+    (the preloader then owns it and stops it in :meth:`ModelPreloader.aclose`), and
+    ``"server_running"`` when it already ran.
+    """
+    from langchain_fastpipe.local import LocalModelServer
+
+    is_server = isinstance(target, LocalModelServer)
+
+    async def warm(done: Callable[[str], None]) -> None:
+        was_running = is_server and target.is_running
+        await target.awarm()
+        if not is_server:
+            done("awarm")
+        else:
+            done("server_running" if was_running else "server_start")
+
+    return warm
+
+
+class _LazyChat:
+    """The ChatFastpipe of an env spec, built at its first warm-up (not at import)."""
+
+    def __init__(self, spec: PreloadSpec) -> None:
+        self.spec = spec
+        self._model: ChatFastpipe | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> ChatFastpipe:
+        with self._lock:
+            if self._model is None:
+                kwargs: dict[str, Any] = {"provider": self.spec.provider, "model": self.spec.model}
+                if self.spec.base_url:
+                    kwargs["base_url"] = self.spec.base_url
+                self._model = ChatFastpipe(**kwargs)
+            return self._model
+
+
+def _spec_warmers(spec: PreloadSpec, *, load_model: bool) -> tuple[WarmFn, SyncWarmFn]:
+    """Async and blocking warm-ups of an env spec."""
+    lazy = _LazyChat(spec)
+
+    async def warm(done: Callable[[str], None]) -> None:
+        await _chat_warmer(lazy.get(), load_model=load_model)(done)
+
+    def warm_sync(done: Callable[[str], None]) -> None:
+        _chat_warmer_sync(lazy.get(), load_model=load_model)(done)
+
+    return warm, warm_sync
+
+
+def _default_name(target: object) -> str:
+    """A stable registration name for a model object."""
+    from langchain_fastpipe.local import LocalModelServer
+
+    if isinstance(target, LocalModelServer):
+        return f"local:{target.model}"
+    if isinstance(target, ChatFastpipe):
+        return f"{target.provider}:{target.model_name}@{target.base_url}"
+    return f"{type(target).__name__}@{id(target):x}"
+
+
+def _late(entry: _Entry, limit: float) -> str:
+    """The error text of a timed-out warm-up."""
+    return f"TimeoutError: warm-up of {entry.name} exceeded {limit:g}s"
+
+
+def _raise_if_asked(results: Sequence[PreloadResult], raise_on_error: bool) -> None:
+    """Raise PreloadError naming every failed warm-up, when asked to."""
+    bad = [r for r in results if not r.ok]
+    if raise_on_error and bad:
+        detail = "; ".join(f"{r.name}: {r.status.value} ({r.error})" for r in bad)
+        raise PreloadError(f"{len(bad)} of {len(results)} warm-ups failed: {detail}")
+
+
+# --------------------------------------------------------------------------- stats
+class _PreloadStats:
+    """Counters of every warm-up, reported as the ``"preload"`` stats source."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.seconds = Histogram()
+        self.counts = dict.fromkeys((s.value for s in PreloadStatus), 0)
+        self.last: dict[str, dict[str, Any]] = {}
+        self.refreshes = 0
+
+    def record(self, result: PreloadResult) -> None:
+        with self._lock:
+            self.counts[result.status.value] += 1
+            self.last[result.name] = result.as_dict()
+        self.seconds.record(result.seconds)
+
+    def count_refresh(self) -> None:
+        with self._lock:
+            self.refreshes += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "warmups": dict(self.counts),
+                "refreshes": self.refreshes,
+                "seconds": self.seconds.snapshot(),
+                "models": {name: dict(last) for name, last in sorted(self.last.items())},
+            }
+
+
+_stats = _PreloadStats()
+registry.register("preload", _stats.snapshot)
+
+
+# --------------------------------------------------------------------------- the preloader
+@dataclass
+class _Entry:
+    name: str
+    target: object
+    warm: WarmFn
+    timeout: float
+    refresh_every: float | None
+    warm_sync: SyncWarmFn | None = None
+    started_server: bool = field(default=False)
+
+
+class ModelPreloader:
+    """A set of models to warm, warmed concurrently by :meth:`preload`.
+
+    Use the global :data:`default_preloader` or your own instances.
+
+    Args:
+        clock: Monotonic clock for the seconds in results (injectable for tests).
+        sleep: Sleep used by the keep-alive refresh loop (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: SleepFn = asyncio.sleep,
+    ) -> None:
+        """Create an empty preloader."""
+        self._clock = clock
+        self._sleep = sleep
+        self._entries: dict[str, _Entry] = {}
+        self._lock = threading.Lock()
+        self._refresh_tasks: dict[str, asyncio.Task[None]] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self.results: dict[str, PreloadResult] = {}
+
+    def __repr__(self) -> str:
+        """List the registered names."""
+        return f"ModelPreloader(models={self.names()!r})"
+
+    def names(self) -> list[str]:
+        """Registered names, in registration order."""
+        with self._lock:
+            return list(self._entries)
+
+    def register(
+        self,
+        model: object,
+        *,
+        warmup: bool = True,
+        timeout: float = 60.0,
+        name: str | None = None,
+        refresh_every: float | None = None,
+    ) -> str:
+        """Register a model to warm (replacing any entry of the same name).
+
+        Args:
+            model: A ``ChatFastpipe``, a ``LocalModelServer``, a :class:`PreloadSpec`,
+                an object with ``async awarm()``, or an async callable taking a
+                ``done(step)`` callback.
+            warmup: For chat models: also load the model (Ollama ``/api/generate``,
+                1-token request); False only opens the pooled connections.
+            timeout: Seconds the warm-up may take before it is reported ``timed_out``.
+            name: Registration name; defaults to ``provider:model@base_url`` (or
+                ``local:<alias>`` for a local server).
+            refresh_every: Re-warm every this many seconds while :meth:`start_refresh`
+                runs (see :func:`refresh_interval_for`); None: never.
+
+        Returns:
+            The name it was registered under.
+
+        Raises:
+            PreloadError: The model is of no kind the preloader can warm, or the
+                timeout or refresh interval is not positive.
+        """
+        if timeout <= 0:
+            raise PreloadError(f"register: timeout must be > 0 seconds, got {timeout}")
+        if refresh_every is not None and refresh_every <= 0:
+            raise PreloadError(f"register: refresh_every must be > 0 seconds, got {refresh_every}")
+        warm: WarmFn
+        warm_sync: SyncWarmFn | None = None
+        if isinstance(model, PreloadSpec):
+            warm, warm_sync = _spec_warmers(model, load_model=warmup)
+            default = model.name
+        elif isinstance(model, ChatFastpipe):
+            warm = _chat_warmer(model, load_model=warmup)
+            warm_sync = _chat_warmer_sync(model, load_model=warmup)
+            default = _default_name(model)
+        elif isinstance(model, Warmable):
+            warm = _awarm_warmer(model)
+            default = _default_name(model)
+        elif callable(model):
+            warm = model
+            default = getattr(model, "__name__", None) or _default_name(model)
+        else:
+            raise PreloadError(
+                f"register: cannot warm a {type(model).__name__}: expected ChatFastpipe, "
+                "LocalModelServer, PreloadSpec, an object with async awarm() or an async "
+                "callable"
+            )
+        key = name or default
+        with self._lock:
+            self._entries[key] = _Entry(
+                name=key,
+                target=model,
+                warm=warm,
+                timeout=timeout,
+                refresh_every=refresh_every,
+                warm_sync=warm_sync,
+            )
+        return key
+
+    def unregister(self, name: str) -> None:
+        """Forget a model (and stop its refresh task, if any)."""
+        with self._lock:
+            self._entries.pop(name, None)
+            task = self._refresh_tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
+
+    async def _warm_one(self, entry: _Entry, timeout: float | None) -> PreloadResult:
+        """Warm one entry on the running loop, never raising: the outcome is the result."""
+        steps: list[str] = []
+        start = self._clock()
+        limit = entry.timeout if timeout is None else timeout
+        try:
+            await asyncio.wait_for(entry.warm(steps.append), timeout=limit)
+        except asyncio.TimeoutError:
+            return self._finish(entry, start, steps, PreloadStatus.TIMED_OUT, _late(entry, limit))
+        except Exception as exc:
+            return self._finish(entry, start, steps, PreloadStatus.FAILED, _describe(exc))
+        return self._finish(entry, start, steps, PreloadStatus.OK, None)
+
+    def _warm_one_blocking(self, entry: _Entry, timeout: float | None) -> PreloadResult:
+        """Warm one entry in this thread (its sync form when it has one), never raising.
+
+        A blocking warm-up cannot be interrupted: past its timeout it is reported
+        ``timed_out`` and left to finish in its daemon thread.
+        """
+        if entry.warm_sync is None:
+            return asyncio.run(self._warm_one(entry, timeout))
+        steps: list[str] = []
+        start = self._clock()
+        limit = entry.timeout if timeout is None else timeout
+        box: dict[str, BaseException] = {}
+        warm_sync = entry.warm_sync
+
+        def run() -> None:
+            try:
+                warm_sync(steps.append)
+            except BaseException as exc:  # reported in the result
+                box["error"] = exc
+
+        worker = threading.Thread(target=run, name=f"fastpipe-warm-{entry.name}", daemon=True)
+        worker.start()
+        worker.join(limit)
+        if worker.is_alive():
+            return self._finish(
+                entry, start, list(steps), PreloadStatus.TIMED_OUT, _late(entry, limit)
+            )
+        if "error" in box:
+            return self._finish(entry, start, steps, PreloadStatus.FAILED, _describe(box["error"]))
+        return self._finish(entry, start, steps, PreloadStatus.OK, None)
+
+    def _finish(
+        self,
+        entry: _Entry,
+        start: float,
+        steps: list[str],
+        status: PreloadStatus,
+        error: str | None,
+    ) -> PreloadResult:
+        """Build, log, keep and record the result of one warm-up."""
+        result = PreloadResult(
+            name=entry.name,
+            status=status,
+            seconds=self._clock() - start,
+            steps=tuple(steps),
+            error=error,
+        )
+        if result.ok and "server_start" in steps:
+            entry.started_server = True
+        if not result.ok:
+            logger.warning("preload of %s %s: %s", entry.name, status.value, error)
+        self.results[entry.name] = result
+        _stats.record(result)
+        return result
+
+    async def preload(
+        self,
+        names: Iterable[str] | None = None,
+        *,
+        timeout: float | None = None,
+        raise_on_error: bool = False,
+    ) -> list[PreloadResult]:
+        """Warm the registered models concurrently (the total is about the slowest one).
+
+        Args:
+            names: Only these registered names (default: all).
+            timeout: Overrides each model's own timeout.
+            raise_on_error: Raise :class:`PreloadError` if any warm-up did not succeed
+                (after all of them finished).
+
+        Returns:
+            One result per model, in registration order.
+
+        Raises:
+            PreloadError: Only with ``raise_on_error``, or for an unknown name.
+        """
+        entries = self._select(names)
+        results = list(await asyncio.gather(*(self._warm_one(e, timeout) for e in entries)))
+        _raise_if_asked(results, raise_on_error)
+        return results
+
+    def preload_sync(
+        self,
+        names: Iterable[str] | None = None,
+        *,
+        timeout: float | None = None,
+        raise_on_error: bool = False,
+    ) -> list[PreloadResult]:
+        """Blocking :meth:`preload`, for scripts and sync apps (safe inside a running loop).
+
+        Each model warms in its own thread, concurrently. Chat models warm their *sync*
+        client (the one ``invoke``/``stream`` use) and load the model on the server;
+        other models run their async warm-up on a private event loop. The server-side
+        model load and a started local server serve every later caller.
+
+        Args:
+            names: Only these registered names (default: all).
+            timeout: Overrides each model's own timeout.
+            raise_on_error: Raise :class:`PreloadError` if any warm-up failed.
+
+        Returns:
+            One result per model, in registration order.
+
+        Raises:
+            PreloadError: Only with ``raise_on_error``, or for an unknown name.
+        """
+        entries = self._select(names)
+        results: list[PreloadResult | None] = [None] * len(entries)
+
+        def run(index: int, entry: _Entry) -> None:
+            results[index] = self._warm_one_blocking(entry, timeout)
+
+        threads = [
+            threading.Thread(target=run, args=(i, e), name="fastpipe-preload", daemon=True)
+            for i, e in enumerate(entries)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        done = [r for r in results if r is not None]
+        _raise_if_asked(done, raise_on_error)
+        return done
+
+    def _select(self, names: Iterable[str] | None) -> list[_Entry]:
+        with self._lock:
+            if names is None:
+                return list(self._entries.values())
+            wanted = list(names)
+            unknown = [n for n in wanted if n not in self._entries]
+            if unknown:
+                raise PreloadError(
+                    f"preload: unknown model name(s) {unknown}; registered: {list(self._entries)}"
+                )
+            return [self._entries[n] for n in wanted]
+
+    # ------------------------------------------------------------ keep-alive refresh
+    def start_refresh(self) -> list[str]:
+        """Start a refresh task for each model registered with ``refresh_every``.
+
+        Each task sleeps ``refresh_every`` seconds (with the injected sleep), then
+        re-warms its model, until :meth:`stop_refresh`. Must be called from a running
+        event loop.
+
+        Returns:
+            The names now being refreshed.
+        """
+        with self._lock:
+            entries = [
+                e
+                for e in self._entries.values()
+                if e.refresh_every is not None and e.name not in self._refresh_tasks
+            ]
+            for entry in entries:
+                self._refresh_tasks[entry.name] = asyncio.get_running_loop().create_task(
+                    self._refresh_loop(entry), name=f"fastpipe-refresh-{entry.name}"
+                )
+            return list(self._refresh_tasks)
+
+    async def _refresh_loop(self, entry: _Entry) -> None:
+        interval = entry.refresh_every
+        assert interval is not None  # noqa: S101 - guaranteed by start_refresh
+        while True:
+            await self._sleep(interval)
+            _stats.count_refresh()
+            await self._warm_one(entry, None)
+
+    async def stop_refresh(self) -> None:
+        """Cancel the refresh tasks and wait for them to end."""
+        with self._lock:
+            tasks = list(self._refresh_tasks.values())
+            self._refresh_tasks.clear()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def schedule(self, names: Iterable[str] | None = None) -> asyncio.Task[list[PreloadResult]]:
+        """Start :meth:`preload` as a background task of the running loop.
+
+        The task is kept referenced until it ends; its failures are only reported.
+        """
+        task = asyncio.get_running_loop().create_task(self.preload(names))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def aclose(self, *, stop_servers: bool = True) -> None:
+        """Stop refreshing and stop any local server that a warm-up started.
+
+        Args:
+            stop_servers: Also stop ``LocalModelServer`` instances this preloader started.
+        """
+        await self.stop_refresh()
+        for task in list(self._background):
+            task.cancel()
+        if not stop_servers:
+            return
+        with self._lock:
+            started = [e for e in self._entries.values() if e.started_server]
+        for entry in started:
+            stop = getattr(entry.target, "astop", None)
+            if stop is not None:
+                with contextlib.suppress(Exception):
+                    await stop()
+            entry.started_server = False
+
+
+#: The package-wide preloader (``FASTPIPE_PRELOAD`` and ``ChatFastpipe(preload=True)``).
+default_preloader = ModelPreloader()
+
+
+def register(model: object, **kwargs: Any) -> str:
+    """Register ``model`` with :data:`default_preloader` (see :meth:`ModelPreloader.register`)."""
+    return default_preloader.register(model, **kwargs)
+
+
+async def preload(**kwargs: Any) -> list[PreloadResult]:
+    """Warm every model of :data:`default_preloader` (see :meth:`ModelPreloader.preload`)."""
+    return await default_preloader.preload(**kwargs)
+
+
+def preload_sync(**kwargs: Any) -> list[PreloadResult]:
+    """Blocking :func:`preload` (see :meth:`ModelPreloader.preload_sync`)."""
+    return default_preloader.preload_sync(**kwargs)
+
+
+def register_and_schedule(
+    model: object, *, preloader: ModelPreloader | None = None, **kwargs: Any
+) -> str:
+    """Register ``model`` and start warming it now, without blocking the caller.
+
+    This is what ``ChatFastpipe(preload=True)`` calls. With a running event loop the
+    warm-up is a background task of that loop; otherwise it runs in a daemon thread.
+    Failures are logged and recorded in the stats, never raised.
+
+    Args:
+        model: What :meth:`ModelPreloader.register` accepts.
+        preloader: Defaults to :data:`default_preloader`.
+        **kwargs: Passed to :meth:`ModelPreloader.register`.
+
+    Returns:
+        The registered name.
+    """
+    target = preloader if preloader is not None else default_preloader
+    name = target.register(model, **kwargs)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        threading.Thread(
+            target=_warm_quietly, args=(target, name), name="fastpipe-preload", daemon=True
+        ).start()
+    else:
+        target.schedule([name])
+    return name
+
+
+def _warm_quietly(preloader: ModelPreloader, name: str) -> None:
+    """Thread body of :func:`register_and_schedule`: warm, log, never raise."""
+    try:
+        preloader.preload_sync([name])
+    except Exception:  # pragma: no cover - preload reports rather than raises
+        logger.exception("background preload of %s failed", name)
+
+
+def register_from_env(
+    preloader: ModelPreloader | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Register the models named in ``FASTPIPE_PRELOAD`` (never raises).
+
+    Nothing is contacted: each entry becomes a :class:`PreloadSpec` whose ChatFastpipe is
+    built at its first warm-up. Invalid entries are logged and skipped.
+
+    Args:
+        preloader: Defaults to :data:`default_preloader`.
+        environ: Defaults to ``os.environ``.
+
+    Returns:
+        The names registered.
+    """
+    target = preloader if preloader is not None else default_preloader
+    text = (environ if environ is not None else os.environ).get(PRELOAD_ENV, "")
+    specs, errors = parse_preload_env(text)
+    for message in errors:
+        logger.warning("ignored: %s", message)
+    names: list[str] = []
+    for spec in specs:
+        try:
+            names.append(target.register(spec))
+        except Exception as exc:  # pragma: no cover - register of a spec cannot fail
+            logger.warning("ignored %s entry %s: %s", PRELOAD_ENV, spec.name, _describe(exc))
+    return names
+
+
+@contextlib.asynccontextmanager
+async def fastpipe_lifespan(
+    app: object = None,
+    *,
+    preloader: ModelPreloader | None = None,
+    wait: bool = True,
+    refresh: bool = True,
+    raise_on_error: bool = False,
+    stop_servers: bool = True,
+) -> AsyncIterator[dict[str, Any]]:
+    """An ASGI lifespan: warm every model at startup, clean up at shutdown.
+
+    Usable directly as ``FastAPI(lifespan=fastpipe_lifespan)`` or
+    ``Starlette(lifespan=fastpipe_lifespan)``; use ``functools.partial`` for options.
+    The yielded state (``request.state.fastpipe_preload`` in Starlette) holds the
+    results when ``wait`` is True.
+
+    Args:
+        app: The ASGI app (unused; the lifespan protocol passes it).
+        preloader: Defaults to :data:`default_preloader`.
+        wait: Finish warming before serving (True) or warm in the background (False).
+        refresh: Run the keep-alive refresh tasks while the app runs.
+        raise_on_error: Abort startup if a warm-up fails (default: report and serve).
+        stop_servers: Stop local servers the warm-up started when the app shuts down.
+
+    Yields:
+        The lifespan state: ``{"fastpipe_preload": [PreloadResult, ...]}``.
+    """
+    target = preloader if preloader is not None else default_preloader
+    results: list[PreloadResult] = []
+    if wait:
+        results = await target.preload(raise_on_error=raise_on_error)
+    else:
+        target.schedule()
+    if refresh:
+        target.start_refresh()
+    try:
+        yield {"fastpipe_preload": results}
+    finally:
+        await target.aclose(stop_servers=stop_servers)
+
+
+def _register_env_at_import() -> None:
+    """Import-time hook: never blocks, never raises."""
+    try:
+        register_from_env()
+    except Exception:  # pragma: no cover - defensive: the import must not fail
+        logger.exception("could not read %s", PRELOAD_ENV)
+
+
+def _chat_preload_hook(model: ChatFastpipe) -> None:
+    """``ChatFastpipe(preload=True)`` calls this from its constructor: never raises."""
+    try:
+        register_and_schedule(model)
+    except Exception:  # pragma: no cover - registering a ChatFastpipe cannot fail
+        logger.exception("could not schedule the preload of %s", _default_name(model))
+
+
+_register_env_at_import()
+set_preload_hook(_chat_preload_hook)

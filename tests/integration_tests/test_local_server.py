@@ -1,0 +1,340 @@
+"""LocalModelServer: the real llama-server (marked real_model) and fake binaries (fast)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from langchain_fastpipe.errors import LocalServerError
+from langchain_fastpipe.local import (
+    LocalModelServer,
+    build_command,
+    find_binary,
+    read_log_tail,
+    template_path,
+)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def _group_gone(pgid: int) -> bool:
+    """No live process (zombies awaiting their reaper excepted) left in the group."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        state, group = fields[0], int(fields[2])
+        if group == pgid and state != "Z":
+            return False
+    return True
+
+
+def _port_closed(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+# --------------------------------------------------------------------------- no model needed
+@pytest.fixture
+def fake_model(tmp_path: Path) -> Path:
+    path = tmp_path / "model.gguf"
+    path.write_bytes(b"GGUF")
+    return path
+
+
+def _script(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "fake-llama-server"
+    path.write_text("#!/bin/sh\n" + body + "\n")
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+def test_build_command_is_pure_and_complete() -> None:
+    cmd = build_command(
+        binary="/bin/llama-server",
+        model="/m.gguf",
+        host="127.0.0.1",
+        port=8081,
+        alias="gemma",
+        ctx_size=2048,
+        threads=2,
+        parallel=3,
+        chat_template_file="/t.jinja",
+        extra_args=["--seed", "1"],
+    )
+    assert cmd[0] == "/bin/llama-server"
+
+    def value(flag: str) -> str:
+        return cmd[cmd.index(flag) + 1]
+
+    assert value("--model") == "/m.gguf"
+    assert value("--port") == "8081"
+    assert value("--ctx-size") == "2048"
+    assert value("--threads") == "2"
+    assert value("--parallel") == "3"
+    assert value("--chat-template-file") == "/t.jinja"
+    assert "--jinja" in cmd
+    assert cmd[-2:] == ["--seed", "1"]
+
+
+def test_template_is_shipped_and_is_a_gemma_turn_template() -> None:
+    text = template_path().read_text()
+    assert "<start_of_turn>" in text
+    assert "<end_of_turn>" in text
+    assert "'model'" in text
+
+
+def test_missing_binary_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fake_model: Path
+) -> None:
+    monkeypatch.setenv("FASTPIPE_LLAMA_SERVER", str(tmp_path / "nope"))
+    with pytest.raises(LocalServerError, match=r"LLAMA_SERVER=.*nope is not an executable"):
+        find_binary()
+    server = LocalModelServer(binary=tmp_path / "absent", model_file=fake_model)
+    with pytest.raises(
+        LocalServerError, match=r"binary not found at .*absent.*langchain-fastpipe\[local\]"
+    ):
+        server.start()
+
+
+def test_missing_model_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    binary = _script(tmp_path, "exit 0")
+    monkeypatch.setenv("FASTPIPE_LOCAL_MODEL", str(tmp_path / "missing.gguf"))
+    with pytest.raises(LocalServerError, match=r"LOCAL_MODEL=.*missing\.gguf is not a file"):
+        LocalModelServer(binary=binary).start()
+
+
+def test_invalid_parameters_are_rejected() -> None:
+    with pytest.raises(LocalServerError, match="threads must be >= 1, got 0"):
+        LocalModelServer(threads=0)
+    with pytest.raises(LocalServerError, match=r"port must be in 1\.\.65535"):
+        LocalModelServer(port=70000)
+
+
+def test_server_that_exits_reports_code_and_log_tail(tmp_path: Path, fake_model: Path) -> None:
+    binary = _script(tmp_path, 'echo "error: unknown argument: $3"; echo boom-line >&2; exit 3')
+    server = LocalModelServer(binary=binary, model_file=fake_model, log_path=tmp_path / "s.log")
+    with pytest.raises(LocalServerError) as info:
+        server.start()
+    message = str(info.value)
+    assert "exited with code 3" in message
+    assert "boom-line" in message  # stderr goes to the log too
+    assert info.value.log_path == str(tmp_path / "s.log")
+    assert server.pid is None
+    assert "boom-line" in read_log_tail(tmp_path / "s.log")
+
+
+def test_unhealthy_server_times_out_and_is_killed_with_its_group(
+    tmp_path: Path, fake_model: Path
+) -> None:
+    # Ignores SIGTERM, so stop() must escalate to SIGKILL on the whole group.
+    binary = _script(tmp_path, "trap '' TERM; echo starting; while true; do sleep 0.2; done")
+    ticks = iter([0.0, 0.0, 0.0, 1e9, 1e9, 1e9])
+    server = LocalModelServer(
+        binary=binary,
+        model_file=fake_model,
+        startup_timeout=30,
+        stop_timeout=0.5,
+        clock=lambda: next(ticks, 1e9),
+    )
+    seen: dict[str, int] = {}
+    original = server._launch
+
+    def launch(*args: object) -> object:
+        proc = original(*args)  # type: ignore[arg-type]
+        seen["pid"] = proc.pid
+        return proc
+
+    server._launch = launch  # type: ignore[method-assign]
+    with pytest.raises(
+        LocalServerError, match=r"not healthy within 30s at http://127\.0\.0\.1:\d+"
+    ):
+        server.start()
+    assert _gone(seen["pid"])
+    assert _group_gone(seen["pid"])
+    assert not server.is_running
+
+
+async def test_cancelled_astart_stops_the_half_started_process(
+    tmp_path: Path, fake_model: Path
+) -> None:
+    binary = _script(tmp_path, "exec sleep 30")
+    server = LocalModelServer(binary=binary, model_file=fake_model)
+    task = asyncio.create_task(server.astart())
+    for _ in range(200):
+        if server.pid is not None:
+            break
+        await asyncio.sleep(0.01)
+    pid = server.pid
+    assert pid is not None
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert server.pid is None
+    assert _gone(pid)
+
+
+# --------------------------------------------------------------------------- the real model
+real = pytest.mark.real_model
+
+
+@pytest.fixture(scope="module")
+def llama() -> Iterator[LocalModelServer]:
+    try:
+        find_binary()
+    except LocalServerError as exc:
+        pytest.skip(f"llama-server not installed: {exc}")
+    with LocalModelServer(parallel=2, ctx_size=4096) as server:
+        yield server
+
+
+def _chat(server: LocalModelServer, **payload: object) -> dict[str, object]:
+    body = {"model": server.model, "temperature": 0, **payload}
+    reply = httpx.post(f"{server.openai_base_url}/chat/completions", json=body, timeout=60)
+    reply.raise_for_status()
+    data: dict[str, object] = reply.json()
+    return data
+
+
+@real
+def test_start_health_and_stop_leave_no_orphan(tmp_path: Path) -> None:
+    server = LocalModelServer(log_path=tmp_path / "llama.log")
+    with server:
+        pid, port = server.pid, server.port
+        assert pid is not None
+        assert server.is_running
+        assert httpx.get(f"{server.base_url}/health").status_code == 200
+        assert "running" in repr(server)
+        models = httpx.get(f"{server.openai_base_url}/models").json()
+        assert any(server.model in (m.get("aliases") or [m["id"]]) for m in models["data"])
+    assert _gone(pid)
+    assert _group_gone(pid)
+    assert _port_closed(port)
+    assert not server.is_running
+    assert server.log_tail()  # the server logged to its file
+    server.stop()  # idempotent
+
+
+@real
+async def test_async_context_manager(tmp_path: Path) -> None:
+    async with LocalModelServer(log_path=tmp_path / "a.log", parallel=1) as server:
+        pid = server.pid
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(f"{server.base_url}/health")).status_code == 200
+    assert pid is not None
+    assert _gone(pid)
+
+
+@real
+def test_few_shot_prompt_answers_paris_with_newline_stop(llama: LocalModelServer) -> None:
+    data = _chat(
+        llama,
+        max_tokens=16,
+        stop=["\n"],
+        messages=[
+            {"role": "system", "content": "Answer with the city name only."},
+            {"role": "user", "content": "What is the capital of Germany?"},
+            {"role": "assistant", "content": "Berlin"},
+            {"role": "user", "content": "What is the capital of Spain?"},
+            {"role": "assistant", "content": "Madrid"},
+            {"role": "user", "content": "What is the capital of France?"},
+        ],
+    )
+    choice = data["choices"][0]  # type: ignore[index]
+    assert choice["message"]["content"].strip().startswith("Paris")
+    assert "\n" not in choice["message"]["content"]
+    assert choice["finish_reason"] == "stop"
+
+
+@real
+def test_system_message_is_folded_into_the_first_user_turn(llama: LocalModelServer) -> None:
+    reply = httpx.post(
+        f"{llama.base_url}/apply-template",
+        json={
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello"},
+                {"role": "user", "content": "Bye"},
+            ]
+        },
+    )
+    assert reply.json()["prompt"] == (
+        "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n"
+        "<start_of_turn>model\nHello<end_of_turn>\n"
+        "<start_of_turn>user\nBye<end_of_turn>\n"
+        "<start_of_turn>model\n"
+    )
+
+
+@real
+def test_json_schema_structured_output(llama: LocalModelServer) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+    }
+    data = _chat(
+        llama,
+        max_tokens=48,
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "person", "schema": schema},
+        },
+        messages=[
+            {
+                "role": "user",
+                "content": "Alice is 31 years old. Give her as JSON with name and age.",
+            },
+        ],
+    )
+    content = data["choices"][0]["message"]["content"]  # type: ignore[index]
+    person = json.loads(content)
+    assert set(person) == {"name", "age"}
+    assert isinstance(person["name"], str)
+    assert isinstance(person["age"], int)
+    assert person == {"name": "Alice", "age": 31}
+
+
+@real
+def test_sigterm_alone_stops_the_real_server(tmp_path: Path) -> None:
+    server = LocalModelServer(log_path=tmp_path / "t.log", parallel=1, stop_timeout=30)
+    server.start()
+    pid = server.pid
+    assert pid is not None
+    sent: list[int] = []
+    original = signal.Signals
+
+    import langchain_fastpipe.local._server as mod
+
+    real_signal_group = mod._signal_group
+
+    def spy(proc: object, sig: signal.Signals) -> None:
+        sent.append(int(sig))
+        real_signal_group(proc, sig)  # type: ignore[arg-type]
+
+    mod._signal_group = spy  # type: ignore[assignment]
+    try:
+        server.stop()
+    finally:
+        mod._signal_group = real_signal_group
+    assert sent == [int(original.SIGTERM)]  # it shut down cleanly, no SIGKILL needed
+    assert _gone(pid)

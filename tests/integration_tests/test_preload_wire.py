@@ -1,0 +1,248 @@
+"""Preloading over the wire against the emulator (real sockets on 127.0.0.1).
+
+Cold starts are asserted through the emulator's load counter and loaded-model set, and
+concurrency through its count of in-flight requests, never through timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from langchain_fastpipe.chat_models import ChatFastpipe
+from langchain_fastpipe.emulator import EmulatorConfig, EmulatorServer, Fault, ModelProfile
+from langchain_fastpipe.preload import (
+    ModelPreloader,
+    PreloadSpec,
+    PreloadStatus,
+    default_preloader,
+)
+
+MakeEmulator = Callable[..., EmulatorServer]
+LOAD = 3.0
+
+
+def _slow(*names: str, load: float = LOAD) -> EmulatorConfig:
+    return EmulatorConfig(models={n: ModelProfile(load_seconds=load) for n in names})
+
+
+def _ollama(emu: EmulatorServer, model: str, **kw: object) -> ChatFastpipe:
+    params: dict[str, object] = {
+        "provider": "ollama",
+        "model": model,
+        "base_url": emu.base_url,
+        "temperature": 0,
+        "max_tokens": 8,
+        "keep_alive": "10m",
+        "model_kwargs": {"num_ctx": 2048, "top_k": 20},
+    }
+    params.update(kw)
+    return ChatFastpipe(**params)  # type: ignore[arg-type]
+
+
+def _openai(emu: EmulatorServer, model: str, **kw: object) -> ChatFastpipe:
+    params: dict[str, object] = {
+        "provider": "openai",
+        "model": model,
+        "base_url": f"{emu.base_url}/v1",
+        "api_key": "sk-test-not-real",
+        "max_tokens": 8,
+    }
+    params.update(kw)
+    return ChatFastpipe(**params)  # type: ignore[arg-type]
+
+
+async def test_after_preload_the_first_query_triggers_no_load(make_emulator: MakeEmulator) -> None:
+    emu = make_emulator(_slow("slow"))
+    llm = _ollama(emu, "slow")
+    pre = ModelPreloader()
+    pre.register(llm)
+    (result,) = await pre.preload()
+    assert result.status is PreloadStatus.OK, result.error
+    assert result.steps == ("connections", "model_load")
+    assert "slow" in emu.loaded_models
+    assert emu.load_counts == {"slow": 1}
+    connections = emu.connections_opened
+
+    reply = await llm.ainvoke("Why is the sky blue?")
+    assert reply.content
+    assert emu.load_counts == {"slow": 1}  # the query paid no load
+    assert emu.connections_opened == connections  # and reused the warmed connection
+
+
+async def test_without_preload_the_first_query_pays_the_load(make_emulator: MakeEmulator) -> None:
+    emu = make_emulator(_slow("slow"))
+    llm = _ollama(emu, "slow")
+    assert emu.loaded_models == set()
+    reply = await llm.ainvoke("Why is the sky blue?")
+    assert reply.content
+    assert emu.load_counts == {"slow": 1}  # loaded by the query itself
+    assert len(emu.bodies("/api/generate")) == 0
+
+
+async def test_ollama_warmup_carries_the_same_options_as_real_requests(
+    make_emulator: MakeEmulator,
+) -> None:
+    emu = make_emulator()
+    llm = _ollama(emu, "m")
+    pre = ModelPreloader()
+    pre.register(llm)
+    (result,) = await pre.preload()
+    assert result.ok, result.error
+    await llm.ainvoke("hello")
+    async for _ in llm.astream("hello"):
+        pass
+    (warm,) = emu.bodies("/api/generate")
+    chats = emu.bodies("/api/chat")
+    assert len(chats) == 2
+    assert warm["model"] == "m"
+    assert "prompt" not in warm or not warm["prompt"]
+    assert warm["keep_alive"] == "10m"
+    assert warm["options"]["num_ctx"] == 2048
+    for chat in chats:
+        assert chat["options"] == warm["options"]
+        assert chat["keep_alive"] == warm["keep_alive"]
+
+
+async def test_openai_warmup_is_a_one_token_request(make_emulator: MakeEmulator) -> None:
+    emu = make_emulator(_slow("gpt-slow"))
+    llm = _openai(emu, "gpt-slow")
+    pre = ModelPreloader()
+    pre.register(llm)
+    (result,) = await pre.preload()
+    assert result.ok, result.error
+    (warm,) = emu.bodies("/v1/chat/completions")
+    assert warm["max_tokens"] == 1
+    assert emu.load_counts == {"gpt-slow": 1}
+    (recorded,) = emu.recorded("/v1/chat/completions")
+    assert "sk-test-not-real" not in str(recorded.headers)
+    await llm.ainvoke("hi")
+    assert emu.load_counts == {"gpt-slow": 1}
+
+
+async def test_two_models_warm_concurrently(make_emulator: MakeEmulator) -> None:
+    emu = make_emulator(_slow("a", "b"))
+    pre = ModelPreloader()
+    pre.register(_ollama(emu, "a"))
+    pre.register(_openai(emu, "b"))
+    peak = 0
+    stop = asyncio.Event()
+
+    async def watch() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, emu.active_requests)
+            await asyncio.sleep(0.02)
+
+    watcher = asyncio.create_task(watch())
+    results = await pre.preload()
+    stop.set()
+    await watcher
+    assert [r.status for r in results] == [PreloadStatus.OK, PreloadStatus.OK]
+    assert emu.load_counts == {"a": 1, "b": 1}
+    # Both 3 s loads were in flight at the same moment: concurrent, not one after another.
+    assert peak == 2
+
+
+async def test_timeout_is_reported_and_the_model_still_works(make_emulator: MakeEmulator) -> None:
+    emu = make_emulator(_slow("slow"))
+    llm = _ollama(emu, "slow")
+    pre = ModelPreloader()
+    pre.register(llm, timeout=0.5)
+    (result,) = await pre.preload()
+    assert result.status is PreloadStatus.TIMED_OUT
+    assert result.steps == ("connections",)
+    assert "exceeded 0.5s" in (result.error or "")
+    reply = await llm.ainvoke("still there?")
+    assert reply.content
+
+
+async def test_failed_warmup_is_reported_and_the_model_still_works(
+    make_emulator: MakeEmulator,
+) -> None:
+    emu = make_emulator()
+    llm = _openai(emu, "m", max_retries=0)
+    emu.inject(Fault.status(503), times=1)
+    pre = ModelPreloader()
+    pre.register(llm)
+    (result,) = await pre.preload()
+    assert result.status is PreloadStatus.FAILED
+    assert "503" in (result.error or "")
+    assert "sk-test-not-real" not in (result.error or "")
+    assert result.steps == ("connections",)
+    assert (await llm.ainvoke("hi")).content
+
+
+def test_preload_sync_warms_the_sync_client(make_emulator: MakeEmulator) -> None:
+    emu = make_emulator(_slow("slow", load=0.5))
+    llm = _openai(emu, "slow")
+    pre = ModelPreloader()
+    pre.register(llm)
+    (result,) = pre.preload_sync()
+    assert result.ok, result.error
+    assert result.steps == ("connections", "model_load")
+    connections = emu.connections_opened
+    assert llm.invoke("hi").content
+    assert emu.load_counts == {"slow": 1}
+    assert emu.connections_opened == connections
+
+
+async def test_env_spec_is_built_and_warmed_lazily(make_emulator: MakeEmulator) -> None:
+    emu = make_emulator()
+    pre = ModelPreloader()
+    name = pre.register(PreloadSpec("ollama", "envmodel", emu.base_url))
+    assert emu.requests == 0  # registering contacts nothing
+    (result,) = await pre.preload()
+    assert result.name == name
+    assert result.ok, result.error
+    assert "envmodel" in emu.loaded_models
+
+
+async def test_chat_model_preload_true_warms_in_the_background(
+    make_emulator: MakeEmulator,
+) -> None:
+    emu = make_emulator()
+    llm = _ollama(emu, "eager", preload=True)
+    name = f"ollama:eager@{emu.base_url}"
+    try:
+        assert name in default_preloader.names()
+        tasks = list(default_preloader._background)
+        assert tasks, "preload=True scheduled no warm-up"
+        await asyncio.gather(*tasks)
+        assert "eager" in emu.loaded_models
+        assert default_preloader.results[name].ok
+        await llm.ainvoke("hi")
+        assert emu.load_counts == {"eager": 1}
+    finally:
+        default_preloader.unregister(name)
+
+
+def test_chat_model_preload_true_without_a_loop_warms_in_a_thread(
+    make_emulator: MakeEmulator,
+) -> None:
+    emu = make_emulator()
+    _ollama(emu, "threaded", preload=True)
+    name = f"ollama:threaded@{emu.base_url}"
+    try:
+        for _ in range(500):
+            if name in default_preloader.results:
+                break
+            time.sleep(0.01)
+        assert default_preloader.results[name].ok
+        assert "threaded" in emu.loaded_models
+    finally:
+        default_preloader.unregister(name)
+
+
+async def test_preload_over_tls_http2_does_the_handshake(make_emulator: MakeEmulator) -> None:
+    emu = make_emulator(http2=True, tls=True)
+    llm = _openai(emu, "m", verify=emu.ca_cert_path)
+    pre = ModelPreloader()
+    pre.register(llm)
+    (result,) = await pre.preload()
+    assert result.ok, result.error
+    opened = emu.connections_opened
+    assert opened >= 1
+    await llm.ainvoke("hi")
+    assert emu.connections_opened == opened
