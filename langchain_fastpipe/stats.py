@@ -80,7 +80,7 @@ class Histogram:
             count, total, peak = self.count, self.sum, self.max
         buckets: dict[str, int] = {}
         running = 0
-        for bound, n in zip((*self._bounds, math.inf), counts):
+        for bound, n in zip((*self._bounds, math.inf), counts, strict=True):
             running += n
             buckets["+Inf" if bound == math.inf else f"{bound:g}"] = running
         return {

@@ -109,6 +109,10 @@ class _LineSplitter:
             raise ProtocolViolationError(msg)
         return lines
 
+    def idle(self) -> bool:
+        """Whether no partial line is buffered (the next byte starts a new line)."""
+        return not self._buf and not self._skip_lf
+
     def flush(self) -> bytes | None:
         """Return the unterminated last line, if any, and reset."""
         rest = bytes(self._buf) if self._buf else None
@@ -164,6 +168,10 @@ class SSEDecoder:
             data = self._strip_bom(data)
             if not self._started:
                 return []
+        if data[-2:] == b"\n\n" and not self._dirty and self._lines.idle():
+            events = self._feed_whole_events(data)
+            if events is not None:
+                return events
         return self._feed_lines(data)
 
     def flush(self) -> list[SSEEvent]:
@@ -189,6 +197,29 @@ class SSEDecoder:
         event = self._dispatch()
         if event is not None:
             events.append(event)
+        return events
+
+    def _feed_whole_events(self, data: bytes) -> list[SSEEvent] | None:
+        r"""Fast path: ``data`` is whole ``data: ...\n\n`` events and nothing else.
+
+        The common shape of LLM streams (one network read = one or more complete
+        single-line events). Returns None, having changed nothing, for anything else
+        (comments, ``event:``/``id:`` fields, multi-line data, ``\r``, bad UTF-8), which
+        then takes the general line-by-line path.
+        """
+        if b"\r" in data:
+            return None
+        events: list[SSEEvent] = []
+        last_id = self._last_id
+        for block in data[:-2].split(b"\n\n"):
+            if block[:5] != b"data:" or b"\n" in block:
+                return None
+            value = block[6:] if block[5:6] == b" " else block[5:]
+            try:
+                text = value.decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+            events.append(SSEEvent("message", text, last_id, None))
         return events
 
     def _feed_lines(self, data: bytes) -> list[SSEEvent]:

@@ -21,6 +21,7 @@ from langchain_fastpipe.providers._base import (
 )
 from langchain_fastpipe.providers._convert import messages_to_openai, parse_openai_tool_calls
 from langchain_fastpipe.providers._decoders import SSEDecoder, SSEEvent
+from langchain_fastpipe.providers._fastchunk import text_chunk
 
 __all__ = [
     "OpenAIProvider",
@@ -77,6 +78,22 @@ def _tool_call_chunks(raw_calls: Sequence[Any]) -> list[ToolCallChunk]:
     return chunks
 
 
+_PLAIN_DELTA_KEYS = frozenset({"role", "content"})
+
+
+def _text_delta(choice: Any) -> str | None:
+    """The text of a choice that is nothing but a text delta (no tools, no finish), else None."""
+    if type(choice) is not dict or choice.get("finish_reason") is not None:
+        return None
+    delta = choice.get("delta")
+    if type(delta) is not dict or not delta.keys() <= _PLAIN_DELTA_KEYS:
+        return None
+    content = delta.get("content")
+    if content is None:
+        return ""
+    return content if type(content) is str else None
+
+
 def openai_stream_chunk(obj: Mapping[str, Any]) -> ChatGenerationChunk | None:
     """Convert one decoded ``chat.completion.chunk`` into a generation chunk.
 
@@ -89,9 +106,15 @@ def openai_stream_chunk(obj: Mapping[str, Any]) -> ChatGenerationChunk | None:
         chunk that finishes the choice; None for an event carrying nothing.
     """
     usage = obj.get("usage")
-    usage_meta = openai_usage(usage) if isinstance(usage, Mapping) else None
     choices = obj.get("choices") or []
-    msg_id = obj.get("id") if isinstance(obj.get("id"), str) else None
+    msg_id = obj.get("id")
+    if type(msg_id) is not str:
+        msg_id = None
+    if usage is None and type(choices) is list and len(choices) == 1:
+        fast = _text_delta(choices[0])
+        if fast is not None:  # the common case: a plain text delta
+            return text_chunk(fast, {"model_provider": _PROVIDER}, msg_id)
+    usage_meta = openai_usage(usage) if isinstance(usage, Mapping) else None
     if not choices:
         if usage_meta is None:
             return None

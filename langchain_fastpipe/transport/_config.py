@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 from urllib.parse import urlsplit
 
 from langchain_fastpipe.errors import ConfigError
 
+#: The HTTP engines of async calls (see ``EndpointConfig.engine``).
+Engine = Literal["httpx", "aiohttp"]
+ENGINES: tuple[Engine, ...] = ("httpx", "aiohttp")
+
 __all__ = [
     "DEFAULT_RETRY_STATUSES",
+    "ENGINES",
     "BreakerPolicy",
     "EndpointConfig",
     "PoolLimits",
@@ -200,6 +206,12 @@ class EndpointConfig:
         breaker: The circuit breaker policy.
         max_response_bytes: Largest non-streamed reply body accepted.
         pooling: False gives a fresh HTTP/1.1 client per request (the "flag off" baseline).
+        engine: The HTTP/1.1 engine of async calls: ``"httpx"`` (httpcore, the default) or
+            ``"aiohttp"`` (``httpx_aiohttp.AiohttpTransport``: same httpx API, ~1.5-2x the
+            throughput at hundreds of concurrent streams; needs the ``aiohttp`` extra).
+            With ``"aiohttp"`` async calls speak HTTP/1.1 only (no HTTP/2), and the
+            statistics count connections and pool waits through aiohttp's tracing; sync
+            calls always use httpx.
     """
 
     base_url: str
@@ -213,10 +225,17 @@ class EndpointConfig:
     breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
     max_response_bytes: int = 64 * 1024 * 1024
     pooling: bool = True
+    engine: Engine = "httpx"
 
     def __post_init__(self) -> None:
         """Validate every field."""
         _validate_base_url(self.base_url)
+        if self.engine not in ENGINES:
+            msg = f"EndpointConfig.engine must be one of {ENGINES}, got {self.engine!r}"
+            raise ConfigError(msg)
+        if self.engine == "aiohttp" and self.http2_prior_knowledge:
+            msg = "EndpointConfig.engine='aiohttp' is HTTP/1.1 only: unset http2_prior_knowledge"
+            raise ConfigError(msg)
         for name, expected in (
             ("limits", PoolLimits),
             ("retry", RetryPolicy),
@@ -249,5 +268,6 @@ class EndpointConfig:
         """A repr that shows the redacted URL only (no userinfo, no query)."""
         return (
             f"EndpointConfig(base_url={self.endpoint!r}, http2={self.http2}, "
-            f"http2_prior_knowledge={self.http2_prior_knowledge}, pooling={self.pooling})"
+            f"http2_prior_knowledge={self.http2_prior_knowledge}, pooling={self.pooling}, "
+            f"engine={self.engine!r})"
         )

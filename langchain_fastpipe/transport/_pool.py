@@ -45,6 +45,7 @@ from langchain_fastpipe.errors import (
     status_error,
 )
 from langchain_fastpipe.stats import registry
+from langchain_fastpipe.transport._aiohttp import aiohttp_transport
 from langchain_fastpipe.transport._breaker import CircuitBreaker
 from langchain_fastpipe.transport._config import EndpointConfig
 from langchain_fastpipe.transport._retry import (
@@ -170,6 +171,14 @@ def _status_failure(
         breaker_failure=code >= 500,
         retry_after=retry_after,
     )
+
+
+def _identity(response: httpx.Response) -> bool:
+    """Whether the body can be read raw: not content-encoded and not already read."""
+    if response.is_stream_consumed:
+        return False  # e.g. a MockTransport reply built from ``content=``
+    encoding = response.headers.get("content-encoding")
+    return encoding is None or encoding.strip().lower() in ("", "identity")
 
 
 def _h2_stream_target(response: httpx.Response) -> tuple[Any, int] | None:
@@ -336,10 +345,12 @@ class PooledClient:
         return kwargs
 
     def _new_async_client(self) -> httpx.AsyncClient:
-        """A new async client (MockTransport when injected)."""
+        """A new async client (MockTransport when injected; aiohttp when configured)."""
         kwargs = self._client_kwargs()
         if self._async_transport is not None:
             kwargs["transport"] = self._async_transport
+        elif self.config.engine == "aiohttp" and self.config.pooling:
+            kwargs["transport"] = aiohttp_transport(self.config, self._ssl_context)
         return httpx.AsyncClient(**kwargs)
 
     def _new_sync_client(self) -> httpx.Client:
@@ -861,7 +872,9 @@ class PooledClient:
                     finished = True
                     raise _status_failure(response, body[:_ERROR_BODY_LIMIT], endpoint,
                                           retry_statuses)  # fmt: skip
-                chunks = response.aiter_bytes()
+                chunks = (
+                    response.aiter_raw() if _identity(response) else response.aiter_bytes()
+                )
                 try:
                     first: bytes | None = await chunks.__anext__()
                 except StopAsyncIteration:
@@ -939,7 +952,7 @@ class PooledClient:
                     finished = True
                     raise _status_failure(response, body[:_ERROR_BODY_LIMIT], endpoint,
                                           retry_statuses)  # fmt: skip
-                chunks = response.iter_bytes()
+                chunks = response.iter_raw() if _identity(response) else response.iter_bytes()
                 try:
                     first: bytes | None = next(chunks)
                 except StopIteration:

@@ -169,3 +169,81 @@ def test_ndjson_truncated_tail_is_error_on_flush() -> None:
 
 def test_ndjson_empty_object_is_kept() -> None:
     assert _run(NDJSONDecoder, [b"{}\n"]) == [{}]
+
+
+# --- the whole-events fast path -------------------------------------------------------------
+
+FAST_STREAM = (
+    b'data: {"choices":[{"delta":{"content":"a"}}]}\n\n'
+    b"data:no-space\n\n"
+    b"id: 42\ndata: sets the id\n\n"  # general path: id persists into later fast events
+    b"data: caf\xc3\xa9\n\ndata: two in one read\n\n"
+    b"data: \n\n"
+    b": comment\n\ndata: after a comment\n\n"
+    b"data: multi\ndata: line\n\n"
+    b"data: crlf\r\n\r\n"
+    b"data: [DONE]\n\n"
+)
+
+
+def _event_reads(stream: bytes) -> list[bytes]:
+    """``stream`` cut after every blank line: the reads the fast path sees."""
+    parts = stream.split(b"\n\n")
+    return [part + b"\n\n" for part in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
+
+
+def _slow_decoder() -> SSEDecoder:
+    """A decoder whose fast path never applies (the reference behaviour)."""
+    decoder = SSEDecoder()
+    decoder._feed_whole_events = lambda data: None  # type: ignore[method-assign]
+    return decoder
+
+
+def test_sse_fast_path_matches_general_path() -> None:
+    reads = _event_reads(FAST_STREAM)
+    expected = _run(_slow_decoder, [FAST_STREAM])
+    assert _run(SSEDecoder, reads) == expected
+    assert _run(SSEDecoder, [FAST_STREAM]) == expected
+    for pieces in _all_splits(FAST_STREAM):
+        assert _run(SSEDecoder, pieces) == expected
+    assert SSEEvent(data="sets the id", id="42") in expected
+    assert SSEEvent(data="two in one read", id="42") in expected
+    assert SSEEvent(data="no-space") in expected
+
+
+def test_sse_fast_path_is_taken_for_whole_data_events(monkeypatch: pytest.MonkeyPatch) -> None:
+    decoder = SSEDecoder()
+
+    def general(data: bytes) -> list[SSEEvent]:
+        raise AssertionError("general path used")
+
+    monkeypatch.setattr(decoder, "_feed_lines", general)
+    assert decoder.feed(b"data: a\n\ndata:b\n\n") == [SSEEvent(data="a"), SSEEvent(data="b")]
+
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        b": comment\n\n",
+        b"event: x\ndata: a\n\n",
+        b"data: a\r\n\r\n",
+        b"data: a\ndata: b\n\n",
+        b"data: \xff\n\n",
+        b"data: a\n\n\n\n",
+    ],
+)
+def test_sse_fast_path_declines_other_shapes(read: bytes) -> None:
+    assert SSEDecoder()._feed_whole_events(read) is None
+
+
+def test_sse_fast_path_waits_for_a_pending_partial_line() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: hel") == []
+    assert decoder.feed(b"lo\n\n") == [SSEEvent(data="hello")]
+    assert decoder.feed(b"event: e\n") == []  # a pending event field: the general path
+    assert decoder.feed(b"data: x\n\n") == [SSEEvent(event="e", data="x")]
+
+
+def test_sse_bad_utf8_still_raises_on_fast_shaped_read() -> None:
+    with pytest.raises(ProtocolViolationError, match="UTF-8"):
+        SSEDecoder().feed(b"data: \xff\n\n")
