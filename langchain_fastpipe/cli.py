@@ -215,7 +215,9 @@ def _cmd_preload(args: argparse.Namespace) -> int:
     from langchain_fastpipe.preload import default_preloader
 
     if not default_preloader.names():
-        print("nothing registered: set FASTPIPE_PRELOAD (e.g. 'ollama:llama3@http://127.0.0.1:11434')")
+        print(
+            "nothing registered: set FASTPIPE_PRELOAD (e.g. 'ollama:llama3@http://127.0.0.1:11434')"
+        )
         return 1
     results = default_preloader.preload_sync(timeout=args.timeout)
     for result in results:

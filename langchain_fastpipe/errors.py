@@ -227,8 +227,10 @@ def status_error(
         The typed error; callers ``raise`` it.
     """
     excerpt = body[:200].replace("\n", " ")
-    message = f"{endpoint} answered HTTP {status_code}: {excerpt}" if excerpt else (
-        f"{endpoint} answered HTTP {status_code}"
+    message = (
+        f"{endpoint} answered HTTP {status_code}: {excerpt}"
+        if excerpt
+        else (f"{endpoint} answered HTTP {status_code}")
     )
     lowered = body.lower()
     if status_code in (400, 413, 422) and any(m in lowered for m in _CONTEXT_MARKERS):

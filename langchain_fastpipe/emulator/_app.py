@@ -362,14 +362,19 @@ def _resolve_ref(ref: str, root: Mapping[str, Any]) -> Mapping[str, Any]:
     for part in ref.lstrip("#/").split("/"):
         if not part:
             continue
-        node = node.get(part.replace("~1", "/").replace("~0", "~"), {}) if isinstance(
-            node, Mapping
-        ) else {}
+        node = (
+            node.get(part.replace("~1", "/").replace("~0", "~"), {})
+            if isinstance(node, Mapping)
+            else {}
+        )
     return node if isinstance(node, Mapping) else {}
 
 
 def instance_from_schema(
-    schema: Mapping[str, Any], rng: random.Random, *, root: Mapping[str, Any] | None = None,
+    schema: Mapping[str, Any],
+    rng: random.Random,
+    *,
+    root: Mapping[str, Any] | None = None,
     depth: int = 0,
 ) -> Any:
     """Generate a value valid against a JSON schema (the subset LLM tools use).
@@ -718,8 +723,13 @@ def _iso_now(now: float) -> str:
 
 
 def ollama_final(
-    reply: Reply | None, *, model: str, now: float, durations: Mapping[str, float],
-    done_reason: str, key: str = "message",
+    reply: Reply | None,
+    *,
+    model: str,
+    now: float,
+    durations: Mapping[str, float],
+    done_reason: str,
+    key: str = "message",
 ) -> dict[str, Any]:
     """The final Ollama object (``done: true``) with counts and nanosecond durations."""
     final: dict[str, Any] = {"model": model, "created_at": _iso_now(now)}
@@ -1100,7 +1110,12 @@ class EmulatorApp:
         raise ConnectionResetError("emulated connection reset")
 
     async def _ollama_load_only(
-        self, path: str, body: dict[str, Any], model: str, start: float, load_seconds: float,
+        self,
+        path: str,
+        body: dict[str, Any],
+        model: str,
+        start: float,
+        load_seconds: float,
         send: Send,
     ) -> None:
         reason = "load"
@@ -1108,8 +1123,14 @@ class EmulatorApp:
             self.unload(model)
             reason = "unload"
         key = "response" if path == "/api/generate" else "message"
-        final = ollama_final(None, model=model, now=self._wall(), done_reason=reason, key=key,
-                             durations={"total": self._clock() - start, "load": load_seconds})
+        final = ollama_final(
+            None,
+            model=model,
+            now=self._wall(),
+            done_reason=reason,
+            key=key,
+            durations={"total": self._clock() - start, "load": load_seconds},
+        )
         if body.get("stream", True) is not False:
             await _send_stream(send, [json.dumps(final).encode() + b"\n"], "application/x-ndjson")
         else:
@@ -1240,8 +1261,16 @@ class EmulatorApp:
         disconnected = asyncio.Event()
         watcher = asyncio.ensure_future(_watch_disconnect(receive, disconnected))
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": [
-                (b"content-type", content_type.encode()), (b"cache-control", b"no-cache")]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", content_type.encode()),
+                        (b"cache-control", b"no-cache"),
+                    ],
+                }
+            )
             if ctx.first_delay > 0:
                 await self._sleep(ctx.first_delay)
             if marker is not None:
@@ -1329,7 +1358,10 @@ async def _watch_disconnect(receive: Receive, event: asyncio.Event) -> None:
 
 
 async def _send_bytes(
-    send: Send, status: int, payload: bytes, content_type: bytes,
+    send: Send,
+    status: int,
+    payload: bytes,
+    content_type: bytes,
     headers: Sequence[tuple[bytes, bytes]] = (),
 ) -> None:
     await send({"type": "http.response.start", "status": status, "headers": [
@@ -1350,4 +1382,3 @@ async def _send_stream(send: Send, frames: Iterable[bytes], content_type: str) -
     for frame in frames:
         await send({"type": "http.response.body", "body": frame, "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})
-

@@ -183,9 +183,9 @@ def is_answer(output: Any) -> bool:
     return isinstance(text, str) and bool(text.strip())
 
 
-def _extractor(model: BaseChatModel, prompt: ChatPromptTemplate, *, structured: bool) -> Runnable[
-    Any, Any
-]:
+def _extractor(
+    model: BaseChatModel, prompt: ChatPromptTemplate, *, structured: bool
+) -> Runnable[Any, Any]:
     """Prompt -> model -> parsed Extraction, with structured output when supported."""
     if structured:
         try:
@@ -234,9 +234,7 @@ def direct_strategy(formatting_model: BaseChatModel) -> Strategy:
     return Strategy(name="direct", runnable=chain, validator=is_answer)
 
 
-def few_shot_strategy(
-    extraction_model: BaseChatModel, formatting_model: BaseChatModel
-) -> Strategy:
+def few_shot_strategy(extraction_model: BaseChatModel, formatting_model: BaseChatModel) -> Strategy:
     """``few_shot``: extraction prompted with examples and parsed as JSON, then formatting."""
     chain = _extract_then_format(
         extraction_model, formatting_model, FEW_SHOT_EXTRACTION_PROMPT, structured=False

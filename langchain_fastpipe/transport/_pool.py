@@ -872,9 +872,7 @@ class PooledClient:
                     finished = True
                     raise _status_failure(response, body[:_ERROR_BODY_LIMIT], endpoint,
                                           retry_statuses)  # fmt: skip
-                chunks = (
-                    response.aiter_raw() if _identity(response) else response.aiter_bytes()
-                )
+                chunks = response.aiter_raw() if _identity(response) else response.aiter_bytes()
                 try:
                     first: bytes | None = await chunks.__anext__()
                 except StopAsyncIteration:
