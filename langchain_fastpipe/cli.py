@@ -281,9 +281,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``fastpipe`` command line; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _PASSTHROUGH:
+        # These sub-commands own their options: hand everything after the name over as is
+        # (argparse's REMAINDER refuses a first word that starts with "--").
+        rest = argv[1:]
+        if rest[:1] == ["--"]:
+            rest = rest[1:]
+        return _PASSTHROUGH[argv[0]](argparse.Namespace(rest=rest))
     args = build_parser().parse_args(argv)
     result: int = args.func(args)
     return result
+
+
+_PASSTHROUGH = {"bench": _cmd_bench, "emulate": _cmd_emulate}
 
 
 if __name__ == "__main__":

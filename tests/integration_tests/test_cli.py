@@ -1,0 +1,67 @@
+"""The ``fastpipe`` command over the wire: demo, ask, stats, argument pass-through."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from langchain_fastpipe import cli
+
+
+def test_demo_on_the_emulator_streams_answers_and_shows_preloading(capsys) -> None:
+    assert cli.main(["demo", "--backend", "emulator", "--load-seconds", "0.2"]) == 0
+    out = capsys.readouterr().out
+    assert "first query without preloading" in out
+    assert re.search(r"preloaded .*: ok in", out)
+    assert out.count("time to first chunk") == len(cli.DEMO_QUESTIONS)
+    # The pool line proves the answers went through one shared, reused connection.
+    pool = re.search(r"(\d+) requests, (\d+) connections opened", out)
+    assert pool is not None
+    assert int(pool.group(2)) == 1
+    assert int(pool.group(1)) > 1
+
+
+@pytest.mark.real_model
+def test_demo_on_the_real_local_model_answers(capsys) -> None:
+    assert cli.main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "Gemma 3 270M" in out
+    assert "Paris" in out
+    assert "first query after preloading" in out
+
+
+def test_ask_streams_one_answer_from_the_emulator(capsys) -> None:
+    assert cli.main(["ask", "--backend", "emulator", "Why is the sky blue?"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Q: Why is the sky blue?\nA: ")
+    assert len(out.splitlines()[1]) > len("A: ")
+
+
+def test_ask_against_a_given_server(emulator, capsys) -> None:
+    code = cli.main(["ask", "--base-url", f"{emulator.base_url}/v1", "--model", "m", "Hello?"])
+    assert code == 0
+    assert capsys.readouterr().out.startswith("Q: Hello?\nA: ")
+
+
+def test_stats_prints_json_and_prometheus(capsys) -> None:
+    assert cli.main(["stats"]) == 0
+    snapshot = json.loads(capsys.readouterr().out)
+    assert isinstance(snapshot, dict)
+    assert cli.main(["stats", "--prometheus"]) == 0
+    assert "# TYPE" in capsys.readouterr().out or snapshot == {}
+
+
+def test_bench_and_emulate_receive_their_options_untouched(monkeypatch) -> None:
+    seen: list[list[str]] = []
+    monkeypatch.setitem(cli._PASSTHROUGH, "bench", lambda ns: seen.append(ns.rest) or 0)
+    assert cli.main(["bench", "--quick", "--backend", "emulator"]) == 0
+    assert cli.main(["bench", "--", "--quick"]) == 0
+    assert seen == [["--quick", "--backend", "emulator"], ["--quick"]]
+
+
+def test_unknown_command_is_an_error(capsys) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["fly"])
+    assert "invalid choice" in capsys.readouterr().err
