@@ -89,7 +89,7 @@ def _print_stats() -> None:
         print(
             f"  pool {endpoint}: {s.get('requests')} requests, "
             f"{s.get('connections_opened')} connections opened, "
-            f"reuse {s.get('reuse_ratio', 0):.0%}, retries {s.get('retries')}, "
+            f"reuse {s.get('reuse_ratio') or 0:.0%}, retries {s.get('retries')}, "
             f"in flight {s.get('in_flight')} (peak {s.get('peak_in_flight')}), {versions}"
         )
 
@@ -216,7 +216,8 @@ def _cmd_preload(args: argparse.Namespace) -> int:
 
     if not default_preloader.names():
         print(
-            "nothing registered: set FASTPIPE_PRELOAD (e.g. 'ollama:llama3@http://127.0.0.1:11434')"
+            "nothing registered: set FASTPIPE_PRELOAD "
+            "(e.g. 'ollama:llama3@http://127.0.0.1:11434') or preload.models in FASTPIPE_CONFIG"
         )
         return 1
     results = default_preloader.preload_sync(timeout=args.timeout)
@@ -228,6 +229,13 @@ def _cmd_preload(args: argparse.Namespace) -> int:
 def _cmd_stats(args: argparse.Namespace) -> int:
     from langchain_fastpipe.stats import get_stats
 
+    if args.url:
+        import httpx
+
+        reply = httpx.get(args.url, timeout=10)
+        reply.raise_for_status()
+        print(json.dumps(reply.json(), indent=2) if not args.prometheus else reply.text)
+        return 0
     if args.prometheus:
         from langchain_fastpipe.prometheus import render_prometheus
 
@@ -269,7 +277,15 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--timeout", type=float, default=None)
     pre.set_defaults(func=_cmd_preload)
 
-    stats = sub.add_parser("stats", help="print this process's statistics snapshot")
+    stats = sub.add_parser(
+        "stats",
+        help="print a statistics snapshot: this process's, or a running app's with --url",
+    )
+    stats.add_argument(
+        "--url",
+        help="GET this URL: an app mounting langchain_fastpipe.prometheus.stats_app, "
+        "or an emulator's /_emulator/stats",
+    )
     stats.add_argument("--prometheus", action="store_true", help="Prometheus text format")
     stats.set_defaults(func=_cmd_stats)
 

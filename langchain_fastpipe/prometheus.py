@@ -39,6 +39,7 @@ __all__ = [
     "collect_families",
     "format_families",
     "render_prometheus",
+    "stats_app",
 ]
 
 MetricType = Literal["counter", "gauge", "histogram"]
@@ -471,3 +472,41 @@ def _histograms(family: MetricFamily) -> list[tuple[Labels, list[tuple[str, floa
         elif sample.suffix == "_sum":
             total[0] = sample.value
     return [(labels, buckets, total[0]) for labels, (buckets, total) in groups.items()]
+
+
+async def stats_app(
+    scope: dict[str, Any],
+    receive: Callable[[], Any],
+    send: Callable[[dict[str, Any]], Any],
+) -> None:
+    """A tiny ASGI app exposing this process's statistics.
+
+    Mount it in a FastAPI/Starlette app (``app.mount("/fastpipe", stats_app)``):
+    ``GET .../metrics`` answers the Prometheus text format, any other path the JSON
+    snapshot of :func:`langchain_fastpipe.stats.get_stats` (what ``fastpipe stats --url``
+    reads). Other scope types (lifespan, websocket) are ignored.
+    """
+    import json
+
+    from langchain_fastpipe.stats import get_stats
+
+    if scope.get("type") != "http":
+        return
+    snapshot = get_stats()
+    if str(scope.get("path", "")).rstrip("/").endswith("/metrics"):
+        body = render_prometheus(snapshot).encode()
+        content_type = b"text/plain; version=0.0.4; charset=utf-8"
+    else:
+        body = json.dumps(snapshot, default=str).encode()
+        content_type = b"application/json"
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -65,3 +65,38 @@ def test_unknown_command_is_an_error(capsys) -> None:
     with pytest.raises(SystemExit):
         cli.main(["fly"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_stats_url_reads_a_running_emulator(emulator, capsys) -> None:
+    assert cli.main(["stats", "--url", f"{emulator.base_url}/_emulator/stats"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["base_url"] == emulator.base_url
+    assert data["connections_opened"] >= 1
+
+
+async def _call_asgi(path: str) -> tuple[int, dict[bytes, bytes], bytes]:
+    from langchain_fastpipe.prometheus import stats_app
+
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    await stats_app({"type": "http", "path": path, "method": "GET"}, receive, send)
+    return sent[0]["status"], dict(sent[0]["headers"]), sent[1]["body"]
+
+
+async def test_stats_app_serves_json_and_prometheus(emulator) -> None:
+    from langchain_fastpipe import ChatFastpipe
+
+    await ChatFastpipe(model="m", base_url=f"{emulator.base_url}/v1", api_key="k").ainvoke("hi")
+    status, headers, body = await _call_asgi("/fastpipe/")
+    assert status == 200
+    assert headers[b"content-type"] == b"application/json"
+    assert f"{emulator.base_url}/v1" in json.loads(body)["pools"]
+    status, headers, body = await _call_asgi("/fastpipe/metrics")
+    assert headers[b"content-type"].startswith(b"text/plain")
+    assert b"fastpipe_pools_requests_total" in body
