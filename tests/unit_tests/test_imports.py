@@ -71,6 +71,11 @@ def test_import_has_no_side_effects_on_the_network() -> None:
     code = "import langchain_fastpipe; print('ok')"
     env = {"FASTPIPE_PRELOAD": "openai:m@http://127.0.0.1:9", "PATH": ""}
     out = subprocess.run(  # noqa: S603 - our interpreter, fixed code
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60, check=True
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=True,
     )
     assert out.stdout.strip() == "ok"
