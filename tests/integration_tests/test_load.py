@@ -1,0 +1,136 @@
+"""Load: 2000 concurrent ChatFastpipe streams through one pool of 50, over real sockets.
+
+Asserted: every stream completes with the exact deterministic answer (no pool-timeout or
+any other error), the pool's in-flight count returns to 0, the server never sees more
+connections than the limit (sampled while the load runs, and in total), no HTTP response
+object outlives the load, and the process RSS comes back near its level before the load.
+
+Nothing is timed: the one deadline (``LOAD_DEADLINE``) only stops a stuck run so the file
+stays well under a minute; hitting it fails the test with the counts reached so far.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import os
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from langchain_fastpipe.chat_models import ChatFastpipe
+from langchain_fastpipe.emulator import EmulatorServer
+from langchain_fastpipe.transport import get_pool
+
+MakeEmulator = Callable[..., EmulatorServer]
+
+STREAMS = 2000
+LIMIT = 50
+WARMUP = 100
+LOAD_DEADLINE = 30.0  # a hang guard, not a performance assertion
+RSS_SLACK_BYTES = 64 * 1024 * 1024
+PROMPT = "load test prompt"
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process, from /proc/self/statm."""
+    with open("/proc/self/statm", encoding="ascii") as fh:
+        resident_pages = int(fh.read().split()[1])
+    return resident_pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def live_responses() -> int:
+    """httpx.Response objects still alive (a leaked stream keeps its response)."""
+    gc.collect()
+    return sum(1 for obj in gc.get_objects() if isinstance(obj, httpx.Response))
+
+
+class ConnectionSampler:
+    """Samples the emulator's open TCP connections while a load runs."""
+
+    def __init__(self, server: EmulatorServer) -> None:
+        self.server = server
+        self.peak = 0
+        self.samples = 0
+
+    async def run(self) -> None:
+        while True:
+            self.peak = max(self.peak, self.server.open_connections)
+            self.samples += 1
+            await asyncio.sleep(0.005)
+
+
+async def stream_text(model: ChatFastpipe) -> str:
+    return "".join([chunk.text async for chunk in model.astream(PROMPT)])
+
+
+async def run_load(model: ChatFastpipe, count: int) -> tuple[list[Any], int]:
+    """``count`` concurrent streams; returns results (texts or exceptions) and how many ended."""
+    tasks = [asyncio.ensure_future(stream_text(model)) for _ in range(count)]
+    done, pending = await asyncio.wait(tasks, timeout=LOAD_DEADLINE)
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending, timeout=5.0)
+    results: list[Any] = []
+    for task in tasks:
+        if task in done:
+            exc = task.exception()
+            results.append(exc if exc is not None else task.result())
+    return results, len(done)
+
+
+@pytest.mark.parametrize(
+    ("proto", "start"), [("h1", "warm"), ("h1", "cold"), ("h2", "warm")]
+)
+async def test_2000_concurrent_streams_through_a_pool_of_50(
+    make_emulator: MakeEmulator, proto: str, start: str
+) -> None:
+    """``warm``: the pool's connections exist before the burst; ``cold``: they do not."""
+    h2 = proto == "h2"
+    server = make_emulator(http2=h2, tls=h2)
+    model = ChatFastpipe(
+        provider="openai", model="emu", base_url=server.openai_base_url,
+        verify=server.ca_cert_path or True, http2=h2,
+        max_connections=LIMIT, max_keepalive_connections=LIMIT, timeout=20.0,
+    )  # fmt: skip
+    pool = get_pool(model.endpoint_config)
+    ref = (await model.ainvoke(PROMPT)).text
+    sampler = ConnectionSampler(server)
+    watcher = asyncio.ensure_future(sampler.run())
+    try:
+        if start == "warm":
+            warm, _ = await run_load(model, WARMUP)
+            assert warm == [ref] * WARMUP
+        else:
+            await pool.aclose()  # drop the reference call's connection: a cold burst
+        gc.collect()
+        rss_before = rss_bytes()
+
+        results, finished = await run_load(model, STREAMS)
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+    errors = [r for r in results if isinstance(r, BaseException)]
+    kinds = sorted({f"{type(e).__name__}: {str(e)[:80]}" for e in errors})
+    assert finished == STREAMS, f"only {finished}/{STREAMS} streams ended before the deadline"
+    assert errors == [], f"{len(errors)} streams failed: {kinds}"
+    assert results == [ref] * STREAMS
+
+    stats = pool.stats()
+    assert stats["in_flight"] == 0
+    assert stats["failures"] == 0
+    assert stats["connections_opened"] <= LIMIT
+    assert server.connections_opened <= LIMIT
+    assert sampler.samples > 0
+    assert sampler.peak <= LIMIT
+    assert server.open_connections <= LIMIT
+
+    assert live_responses() == 0
+    growth = rss_bytes() - rss_before
+    assert growth < RSS_SLACK_BYTES, f"RSS grew by {growth / 2**20:.1f} MiB"
