@@ -14,7 +14,6 @@ Run: ``python benchmarks/bench_pipeline.py`` (about 30-40 s). Prints one table:
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import statistics
 import time
 from typing import Any
@@ -26,7 +25,7 @@ from langchain_core.runnables import Runnable
 from langchain_fastpipe.chat_models import ChatFastpipe
 from langchain_fastpipe.emulator import EmulatorConfig, EmulatorServer, Fault, ModelProfile
 from langchain_fastpipe.pipeline import RankedFallbacks, Strategy, is_answer
-from langchain_fastpipe.transport import BreakerPolicy, get_pool
+from langchain_fastpipe.transport import get_pool
 
 WARMUP = 50
 MEASURED = 80
@@ -38,15 +37,12 @@ FIRST_CHUNK_TIMEOUT = 0.2
 def chain(
     server: EmulatorServer, model: str, *, breaker: bool = True, **kwargs: Any
 ) -> Runnable[Any, str]:
-    llm = ChatFastpipe(model=model, base_url=server.openai_base_url, api_key="sk-bench",
-                       max_retries=0, **kwargs)
     if not breaker:
         # Figure 1 is about ranking: keep the endpoint's circuit breaker from turning A's
         # 200 ms failures into instant ones (for with_fallbacks and ranked alike).
-        # ChatFastpipe has no breaker field, so the endpoint config is replaced here.
-        llm._endpoint_config = dataclasses.replace(
-            llm.endpoint_config, breaker=BreakerPolicy(failure_threshold=1_000_000)
-        )
+        kwargs["breaker_failure_threshold"] = 1_000_000
+    llm = ChatFastpipe(model=model, base_url=server.openai_base_url, api_key="sk-bench",
+                       max_retries=0, **kwargs)
     return llm | StrOutputParser()
 
 

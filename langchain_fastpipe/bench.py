@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import platform
 import sys
@@ -55,6 +54,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from langchain_fastpipe.errors import ConfigError, LocalServerError, PreloadError
+from langchain_fastpipe.stats import quantile
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
@@ -273,27 +273,6 @@ class BackendReport:
     profile: dict[str, Any] = field(default_factory=dict)
     results: list[ConfigResult] = field(default_factory=list)
     skipped: str | None = None
-
-
-def quantile(values: Sequence[float], q: float) -> float | None:
-    """The linear-interpolated ``q`` quantile of ``values``; None when empty.
-
-    Args:
-        values: Samples, in any order.
-        q: The quantile, 0..1.
-
-    Raises:
-        ConfigError: ``q`` is outside 0..1.
-    """
-    if not 0.0 <= q <= 1.0:
-        raise ConfigError(f"quantile: q must be between 0 and 1, got {q}")
-    if not values:
-        return None
-    ordered = sorted(values)
-    pos = q * (len(ordered) - 1)
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -616,8 +595,8 @@ def _local_pipeline(config: BenchConfig, model: BaseChatModel) -> AnswerPipeline
     """
     from langchain_core.output_parsers import StrOutputParser
 
-    from langchain_fastpipe.cli import FEW_SHOT_PROMPT
     from langchain_fastpipe.pipeline import AnswerPipeline, Strategy, direct_strategy, is_answer
+    from langchain_fastpipe.prompts import FEW_SHOT_PROMPT
 
     few_shot = Strategy(
         name="few_shot_answer",

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
+import math
+import threading
 import time
 import warnings
 from collections.abc import (
@@ -42,7 +43,6 @@ from langchain_core.output_parsers.openai_tools import (
 )
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableLambda, RunnableMap, RunnablePassthrough
-from langchain_core.utils import secret_from_env
 from langchain_core.utils.function_calling import convert_to_openai_function
 from langchain_core.utils.json import parse_json_markdown
 from langchain_core.utils.pydantic import is_basemodel_subclass
@@ -56,71 +56,84 @@ from langchain_fastpipe.providers import (
     Provider,
     StreamParser,
     WarmupRequest,
+    convert_tools,
+    env_api_key,
+    env_base_url,
     get_provider,
+    tool_choice_to_openai,
 )
-from langchain_fastpipe.providers._convert import convert_tools, tool_choice_to_openai
 from langchain_fastpipe.transport import (
+    BreakerPolicy,
     EndpointConfig,
+    PooledClient,
     PoolLimits,
     ResponseInfo,
     RetryPolicy,
     get_pool,
+    redact_url,
 )
-from langchain_fastpipe.transport._config import ENGINES, redact_url
 
 __all__ = ["ChatFastpipe", "set_preload_hook"]
 
 logger = logging.getLogger(__name__)
 
-_OLLAMA_DEFAULT_URL = "http://127.0.0.1:11434"
-_OPENAI_DEFAULT_URL = "https://api.openai.com/v1"
-_OPENAI_URL_ENV = ("FASTPIPE_BASE_URL", "OPENAI_BASE_URL")
-
 #: Called with each ChatFastpipe built with ``preload=True`` (set by the preloader).
 _preload_hook: Callable[[ChatFastpipe], None] | None = None
+#: Preload keys (:meth:`ChatFastpipe.preload_key`) already handed to the current hook.
+_preloaded: set[tuple[str, str, str, str, str]] = set()
+_preloaded_lock = threading.Lock()
 
 
 def set_preload_hook(hook: Callable[[ChatFastpipe], None] | None) -> None:
     """Install the function that ``preload=True`` models are handed to on construction.
 
-    The preloader (``langchain_fastpipe.preload``) installs one that schedules a warm-up;
-    None removes it.
+    The preloader (``langchain_fastpipe.preload``) installs one that registers the model
+    (and schedules its warm-up); None removes it. Equal models (same
+    :meth:`ChatFastpipe.preload_key`) are handed over once per installed hook, so building
+    the same model again does no further work.
 
     Args:
         hook: Called with the new model; it must not block.
     """
     global _preload_hook
-    _preload_hook = hook
+    with _preloaded_lock:
+        _preload_hook = hook
+        _preloaded.clear()
 
 
-def _default_base_url(provider: str) -> str:
-    """The base URL used when none is given: env for OpenAI, localhost for Ollama."""
-    if provider == "ollama":
-        return _OLLAMA_DEFAULT_URL
-    for name in _OPENAI_URL_ENV:
-        value = os.environ.get(name)
-        if value:
-            return value
-    return _OPENAI_DEFAULT_URL
+def _hand_to_preloader(model: ChatFastpipe) -> None:
+    """Give ``model`` to the preload hook unless an equal model was already given."""
+    hook = _preload_hook
+    if hook is None:
+        return
+    key = model.preload_key()
+    with _preloaded_lock:
+        if key in _preloaded:
+            return
+        _preloaded.add(key)
+    hook(model)
 
 
-def _check_base_url(base_url: str) -> None:
-    """Raise ConfigError unless ``base_url`` is ``http(s)://host[:port][/path]`` without secrets."""
-    shown = redact_url(base_url)
+def _reject_credentials(base_url: str) -> None:
+    """Raise ConfigError if ``base_url`` carries ``user:password@`` (keys go in api_key)."""
     try:
         parts = urlsplit(base_url)
-        _ = parts.port
-    except ValueError as exc:
-        msg = f"ChatFastpipe.base_url is not a valid URL: {shown!r}"
-        raise ConfigError(msg) from exc
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        msg = f"ChatFastpipe.base_url must be http(s)://host[:port][/path], got {shown!r}"
-        raise ConfigError(msg)
+    except ValueError:
+        return  # malformed: the transport's validator names the problem
     if parts.username or parts.password:
+        shown = redact_url(base_url)
         msg = (
             f"ChatFastpipe.base_url must not carry credentials ({shown!r}): pass the key as api_key"
         )
         raise ConfigError(msg)
+
+
+def _endpoint_error(exc: ConfigError) -> ConfigError:
+    """A transport ConfigError re-worded to name the ChatFastpipe field."""
+    text = str(exc).replace("EndpointConfig.", "ChatFastpipe.")
+    text = text.replace("PoolLimits.", "ChatFastpipe.").replace("RetryPolicy.", "ChatFastpipe.")
+    text = text.replace("BreakerPolicy.", "ChatFastpipe.breaker_")
+    return ConfigError(text)
 
 
 def _is_pydantic_class(obj: Any) -> bool:
@@ -223,12 +236,10 @@ class ChatFastpipe(BaseChatModel):
     ``FASTPIPE_BASE_URL`` or ``OPENAI_BASE_URL`` (else ``https://api.openai.com/v1``) for
     openai, ``http://127.0.0.1:11434`` for ollama."""
 
-    api_key: SecretStr | None = Field(
-        default_factory=secret_from_env(["FASTPIPE_API_KEY", "OPENAI_API_KEY"], default=None),
-        alias="openai_api_key",
-    )
-    """API key, sent as ``Authorization: Bearer``. Default: env ``FASTPIPE_API_KEY`` or
-    ``OPENAI_API_KEY``. Never shown in repr, logs, errors or statistics."""
+    api_key: SecretStr | None = Field(default=None, alias="openai_api_key")
+    """API key, sent as ``Authorization: Bearer``. Default: env ``FASTPIPE_API_KEY``, and
+    for ``provider="openai"`` only, ``OPENAI_API_KEY`` (the OpenAI key never goes to an
+    Ollama or other non-OpenAI provider). Never shown in repr, logs, errors or statistics."""
 
     temperature: float | None = None
     """Sampling temperature; None leaves the server's default."""
@@ -242,8 +253,17 @@ class ChatFastpipe(BaseChatModel):
     timeout: float = 30.0
     """Read/write/pool timeout per request, in seconds."""
 
+    connect_timeout: float = 5.0
+    """Time allowed to open one connection (TCP, TLS and HTTP/2 handshakes), in seconds."""
+
     max_retries: int = 2
     """Retries of a failed request before any byte reached the caller."""
+
+    breaker_failure_threshold: int = 5
+    """Consecutive failures of the endpoint that open its circuit breaker."""
+
+    breaker_recovery_time: float = 30.0
+    """Seconds the endpoint's open breaker fails fast before letting a probe through."""
 
     streaming: bool = False
     """When True, ``invoke`` streams and aggregates the chunks (callbacks get tokens)."""
@@ -280,10 +300,17 @@ class ChatFastpipe(BaseChatModel):
     baseline of benchmarks)."""
 
     preload: bool = False
-    """Warm the model up in the background on construction (through the preloader's
-    hook, see :func:`set_preload_hook`; without one installed this does nothing)."""
+    """Register the model with the preloader on construction (through its hook, see
+    :func:`set_preload_hook`; without one installed this does nothing). Equal models are
+    registered once."""
 
-    _endpoint_config: EndpointConfig | None = PrivateAttr(default=None)
+    #: ``(provider, api_key)`` when the key was read from that provider's env variables.
+    _env_key: tuple[str, SecretStr | None] | None = PrivateAttr(default=None)
+
+    #: ``(key, EndpointConfig, PooledClient | None)`` for the fields in ``key``.
+    _transport: tuple[tuple[Any, ...], EndpointConfig, PooledClient | None] | None = PrivateAttr(
+        default=None
+    )
 
     def __init__(self, **data: Any) -> None:
         """Create the model and validate its configuration.
@@ -292,10 +319,15 @@ class ChatFastpipe(BaseChatModel):
             ConfigError: A field is out of range or the provider or base URL is invalid
                 (the message names the field).
         """
+        key_given = "api_key" in data or "openai_api_key" in data
         super().__init__(**data)
         self._validate_config()
-        if self.preload and _preload_hook is not None:
-            _preload_hook(self)
+        if not key_given:
+            key = env_api_key(self.provider_adapter)
+            self.api_key = SecretStr(key) if key is not None else None
+            self._env_key = (self.provider, self.api_key)
+        if self.preload:
+            _hand_to_preloader(self)
 
     def _validate_config(self) -> None:
         if self.provider not in PROVIDERS:
@@ -305,13 +337,10 @@ class ChatFastpipe(BaseChatModel):
             )
             raise ConfigError(msg)
         if self.base_url is None:
-            self.base_url = _default_base_url(self.provider)
-        _check_base_url(self.base_url)
-        if self.engine not in ENGINES:
-            msg = f"ChatFastpipe.engine must be one of {ENGINES}, got {self.engine!r}"
-            raise ConfigError(msg)
+            self.base_url = env_base_url(get_provider(self.provider))
         checks: list[tuple[str, float | None, float, bool]] = [
             ("timeout", self.timeout, 0, True),
+            ("connect_timeout", self.connect_timeout, 0, True),
             ("max_retries", self.max_retries, 0, False),
             ("max_connections", self.max_connections, 1, False),
             ("max_keepalive_connections", self.max_keepalive_connections, 0, False),
@@ -321,43 +350,131 @@ class ChatFastpipe(BaseChatModel):
         for name, value, minimum, strict in checks:
             if value is None:
                 continue
-            if value < minimum or (strict and value == minimum):
+            if not math.isfinite(value) or value < minimum or (strict and value == minimum):
                 relation = ">" if strict else ">="
-                msg = f"ChatFastpipe.{name} must be {relation} {minimum}, got {value!r}"
+                msg = f"ChatFastpipe.{name} must be {relation} {minimum} and finite, got {value!r}"
                 raise ConfigError(msg)
-        self._endpoint_config = EndpointConfig(
-            base_url=self.base_url,
-            http2=self.http2,
-            http2_prior_knowledge=self.http2_prior_knowledge,
-            limits=PoolLimits(
-                max_connections=self.max_connections,
-                max_keepalive_connections=self.max_keepalive_connections,
-            ),
-            timeout=float(self.timeout),
-            verify=self.verify,
-            retry=RetryPolicy(max_retries=self.max_retries),
-            pooling=self.pooling,
-            engine=self.engine,
+        _ = self.endpoint_config  # the transport validates the URL, engine and policies
+
+    def _transport_key(self) -> tuple[Any, ...]:
+        """The fields the endpoint configuration is built from (the cache key)."""
+        return (
+            self.provider,
+            self.base_url,
+            self.http2,
+            self.http2_prior_knowledge,
+            self.max_connections,
+            self.max_keepalive_connections,
+            self.timeout,
+            self.connect_timeout,
+            self.verify,
+            self.max_retries,
+            self.breaker_failure_threshold,
+            self.breaker_recovery_time,
+            self.pooling,
+            self.engine,
         )
+
+    def _build_endpoint_config(self) -> EndpointConfig:
+        """A fresh EndpointConfig from the current fields (pure).
+
+        Raises:
+            ConfigError: The transport rejected a value (the message names the field).
+        """
+        base_url = self.base_url
+        if base_url is None:  # only after a field was reset by assignment or model_copy
+            base_url = env_base_url(get_provider(self.provider))
+        _reject_credentials(base_url)
+        try:
+            return EndpointConfig(
+                base_url=base_url,
+                http2=self.http2,
+                http2_prior_knowledge=self.http2_prior_knowledge,
+                limits=PoolLimits(
+                    max_connections=self.max_connections,
+                    max_keepalive_connections=self.max_keepalive_connections,
+                ),
+                timeout=float(self.timeout),
+                connect_timeout=float(self.connect_timeout),
+                verify=self.verify,
+                retry=RetryPolicy(max_retries=self.max_retries),
+                breaker=BreakerPolicy(
+                    failure_threshold=self.breaker_failure_threshold,
+                    recovery_time=float(self.breaker_recovery_time),
+                ),
+                pooling=self.pooling,
+                engine=cast(Any, self.engine),
+            )
+        except ConfigError as exc:
+            raise _endpoint_error(exc) from None
 
     # ------------------------------------------------------------------ request building
 
     @property
     def endpoint_config(self) -> EndpointConfig:
-        """The transport configuration (the key of the shared pool)."""
-        if self._endpoint_config is None:  # pragma: no cover - set in __init__
-            self._validate_config()
-        return cast(EndpointConfig, self._endpoint_config)
+        """The transport configuration (the key of the shared pool).
+
+        Built from the current fields and cached against them, so a field changed by
+        assignment or ``model_copy(update=...)`` takes effect on the next call.
+
+        Raises:
+            ConfigError: A changed field is not valid (the message names it).
+        """
+        key = self._transport_key()
+        cached = self._transport
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        config = self._build_endpoint_config()
+        self._transport = (key, config, None)
+        return config
+
+    @property
+    def pool(self) -> PooledClient:
+        """The shared pooled client of :attr:`endpoint_config`, cached on the instance."""
+        key = self._transport_key()
+        cached = self._transport
+        if cached is not None and cached[0] == key and cached[2] is not None:
+            return cached[2]
+        config = self.endpoint_config
+        client = get_pool(config)
+        self._transport = (key, config, client)
+        return client
+
+    def preload_key(self) -> tuple[str, str, str, str, str]:
+        """What makes two models' warm-ups the same: server, model and load options.
+
+        ``(provider, model, redacted base URL, warm-up path, warm-up payload)``; transport
+        options such as timeouts are not part of it. Models with equal keys are handed
+        to the preloader once.
+        """
+        warm = self.warmup_request()
+        return (
+            self.provider,
+            self.model_name,
+            self.endpoint_config.endpoint,
+            warm.path,
+            repr(sorted(warm.payload.items())),
+        )
 
     @property
     def provider_adapter(self) -> Provider:
         """The pure wire-format adapter of :attr:`provider`."""
         return get_provider(self.provider)
 
+    def _current_key(self) -> SecretStr | None:
+        """The API key to send: an env key is re-read if the provider changed since."""
+        key = self.api_key
+        env = self._env_key
+        if env is not None and key is env[1] and env[0] != self.provider:
+            fresh = env_api_key(self.provider_adapter)  # never another provider's key
+            return SecretStr(fresh) if fresh is not None else None
+        return key
+
     def _headers(self) -> dict[str, str]:
-        if self.api_key is None:
+        key = self._current_key()
+        if key is None:
             return {}
-        return {"Authorization": f"Bearer {self.api_key.get_secret_value()}"}
+        return {"Authorization": f"Bearer {key.get_secret_value()}"}
 
     def _chat_request(
         self, messages: Sequence[BaseMessage], stop: list[str] | None, kwargs: Mapping[str, Any]
@@ -416,17 +533,13 @@ class ChatFastpipe(BaseChatModel):
     async def awarmup(self) -> ResponseInfo:
         """Send :meth:`warmup_request` through the shared pool; returns its response info."""
         warm = self.warmup_request()
-        _, info = await get_pool(self.endpoint_config).apost_json(
-            warm.path, warm.payload, headers=self._headers()
-        )
+        _, info = await self.pool.apost_json(warm.path, warm.payload, headers=self._headers())
         return info
 
     def warmup(self) -> ResponseInfo:
         """Synchronous :meth:`awarmup`."""
         warm = self.warmup_request()
-        _, info = get_pool(self.endpoint_config).post_json(
-            warm.path, warm.payload, headers=self._headers()
-        )
+        _, info = self.pool.post_json(warm.path, warm.payload, headers=self._headers())
         return info
 
     # ------------------------------------------------------------------ results
@@ -451,7 +564,7 @@ class ChatFastpipe(BaseChatModel):
         if self.streaming:
             return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
         payload = self._payload(messages, stop, kwargs, stream=False)
-        pool = get_pool(self.endpoint_config)
+        pool = self.pool
         logger.debug("chat %s model=%s at %s", self.provider, payload["model"], pool.endpoint)
         body, info = pool.post_json(
             self.provider_adapter.chat_path, payload, headers=self._headers()
@@ -469,7 +582,7 @@ class ChatFastpipe(BaseChatModel):
         if self.streaming:
             return await agenerate_from_stream(self._astream(messages, stop, run_manager, **kwargs))
         payload = self._payload(messages, stop, kwargs, stream=False)
-        pool = get_pool(self.endpoint_config)
+        pool = self.pool
         logger.debug("chat %s model=%s at %s", self.provider, payload["model"], pool.endpoint)
         body, info = await pool.apost_json(
             self.provider_adapter.chat_path, payload, headers=self._headers()
@@ -485,7 +598,7 @@ class ChatFastpipe(BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         payload = self._payload(messages, stop, kwargs, stream=True)
-        pool = get_pool(self.endpoint_config)
+        pool = self.pool
         logger.debug("stream %s model=%s at %s", self.provider, payload["model"], pool.endpoint)
         info = ResponseInfo()
         core = _ChunkParser(self.provider_adapter.stream_parser(endpoint=pool.endpoint), info=info)
@@ -511,7 +624,7 @@ class ChatFastpipe(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         payload = self._payload(messages, stop, kwargs, stream=True)
-        pool = get_pool(self.endpoint_config)
+        pool = self.pool
         logger.debug("stream %s model=%s at %s", self.provider, payload["model"], pool.endpoint)
         info = ResponseInfo()
         core = _ChunkParser(self.provider_adapter.stream_parser(endpoint=pool.endpoint), info=info)

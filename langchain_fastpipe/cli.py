@@ -16,21 +16,9 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from langchain_core.prompts import ChatPromptTemplate
+from langchain_fastpipe.prompts import FEW_SHOT_PROMPT
 
 __all__ = ["FEW_SHOT_PROMPT", "main"]
-
-#: A few-shot prompt that makes a small base model answer in a few words (REAL-MODEL.md).
-FEW_SHOT_PROMPT = ChatPromptTemplate.from_messages(
-    [
-        ("system", "Answer with a few words only."),
-        ("human", "What is the capital of Italy?"),
-        ("ai", "Rome"),
-        ("human", "What colour is the sky on a clear day?"),
-        ("ai", "Blue"),
-        ("human", "{question}"),
-    ]
-)
 
 DEMO_QUESTIONS = (
     "What is the capital of France?",

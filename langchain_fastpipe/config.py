@@ -54,7 +54,7 @@ import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, Union
 from urllib.parse import urlsplit
 
 from annotated_types import Ge, Gt, Le, Lt
@@ -84,7 +84,9 @@ __all__ = [
     "BackendSettings",
     "FastpipeConfig",
     "PerformanceOptimizations",
+    "PipelineOptions",
     "PipelineSettings",
+    "PreloadOptions",
     "PreloadSettings",
     "get_config",
     "set_config",
@@ -126,7 +128,52 @@ _SECRET_WORDS = ("key", "secret", "token", "password")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 _NONE = frozenset({"", "none", "null"})
-_DEFAULT_BASE_URLS = {"openai": "https://api.openai.com/v1", "ollama": "http://127.0.0.1:11434"}
+
+
+class PipelineOptions(TypedDict):
+    """The settings an answer pipeline takes (:meth:`FastpipeConfig.pipeline_options`).
+
+    Attributes:
+        optimized: ``enable_optimized_pipeline``: ranked, adaptive strategies; False runs
+            them in fixed order, one after another.
+        hedge: ``hedging``: race the next strategy when the leader is slow.
+        first_chunk_timeout: ``first_chunk_timeout_seconds`` (None: no limit).
+        streaming: ``enable_response_streaming``.
+        min_success_rate: ``pipeline.min_success_rate``.
+        probe_rate: ``pipeline.probe_rate``.
+        store: ``pipeline.store``: ``"memory"``, ``"sqlite"`` or ``"redis"``.
+        store_url: ``pipeline.store_url`` (may hold a password: never log it).
+        extraction_model: The extraction step's model name (``backend.extraction_model``,
+            else ``backend.model``).
+        formatting_model: The formatting step's model name (likewise).
+    """
+
+    optimized: bool
+    hedge: bool
+    first_chunk_timeout: float | None
+    streaming: bool
+    min_success_rate: float
+    probe_rate: float
+    store: Literal["memory", "sqlite", "redis"]
+    store_url: str | None
+    extraction_model: str | None
+    formatting_model: str | None
+
+
+class PreloadOptions(TypedDict):
+    """The settings a preloader takes (:meth:`FastpipeConfig.preload_options`).
+
+    Attributes:
+        enabled: ``enable_model_preloading``.
+        models: The models to warm up (:meth:`FastpipeConfig.preload_models`; [] when off).
+        timeout: ``preload_timeout_seconds``: time allowed for all warm-ups.
+        keep_alive_refresh: ``preload.keep_alive_refresh_seconds`` (None: never).
+    """
+
+    enabled: bool
+    models: list[str]
+    timeout: float
+    keep_alive_refresh: float | None
 
 
 class _Section(BaseModel):
@@ -215,12 +262,9 @@ class BackendSettings(_Section):
     @classmethod
     def _check_base_url(cls, value: str | None) -> str | None:
         if value is not None:
-            parts = urlsplit(value)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise PydanticCustomError(
-                    "fastpipe_url",
-                    "must be an http:// or https:// URL with a host, like http://127.0.0.1:8000/v1",
-                )
+            reason = _base_url_problem(value)
+            if reason is not None:
+                raise PydanticCustomError("fastpipe_url", "{reason}", {"reason": reason})
         return value
 
     @field_validator("api_key")
@@ -374,9 +418,21 @@ class FastpipeConfig(_Section):
             "hedging": po.hedging,
         }
 
-    def resolved_base_url(self) -> str:
-        """``backend.base_url``, or the provider's default URL when it is not set."""
-        return self.backend.base_url or _DEFAULT_BASE_URLS[self.backend.provider]
+    def resolved_base_url(self, env: Mapping[str, str] | None = None) -> str:
+        """``backend.base_url``, else the provider's default as ChatFastpipe resolves it.
+
+        The default comes from ``providers.env_base_url``, the one place that resolves
+        it: ``FASTPIPE_BASE_URL`` / ``OPENAI_BASE_URL`` for openai, else the provider's
+        built-in URL.
+
+        Args:
+            env: The environment to read; None reads ``os.environ``.
+        """
+        if self.backend.base_url:
+            return self.backend.base_url
+        from langchain_fastpipe.providers import env_base_url, get_provider
+
+        return env_base_url(get_provider(self.backend.provider), env)
 
     def endpoint_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``transport.EndpointConfig`` (limits and retry as dicts).
@@ -419,8 +475,12 @@ class FastpipeConfig(_Section):
     def chat_model_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``ChatFastpipe`` with the flags applied (pure, no import).
 
-        Streaming off gives ``streaming=False`` and ``disable_streaming=True``, so
-        ``astream`` yields the whole answer as one chunk. Unset optional values are left out.
+        Every key is a ChatFastpipe field. Streaming off gives ``streaming=False`` and
+        ``disable_streaming=True``, so ``astream`` yields the whole answer as one chunk.
+        Unset optional values are left out. ``preload`` follows
+        ``enable_model_preloading``: with the flag on, a chat model built from the
+        configuration registers with the default preloader and warms up in the background
+        (once per distinct endpoint and model); with it off, the model loads on first use.
         """
         po, backend = self.performance_optimizations, self.backend
         kw: dict[str, Any] = {
@@ -434,7 +494,6 @@ class FastpipeConfig(_Section):
             "max_keepalive_connections": po.connection_pool_size,
             "pooling": po.enable_connection_pooling,
             "preload": po.enable_model_preloading,
-            "preload_timeout": po.preload_timeout_seconds,
         }
         if not po.enable_response_streaming:
             kw["disable_streaming"] = True
@@ -442,7 +501,6 @@ class FastpipeConfig(_Section):
             "model": backend.model,
             "base_url": backend.base_url,
             "api_key": backend.api_key,
-            "first_chunk_timeout": po.first_chunk_timeout_seconds,
         }
         kw.update({k: v for k, v in optional.items() if v is not None})
         return kw
@@ -450,22 +508,66 @@ class FastpipeConfig(_Section):
     def chat_model(self, **overrides: Any) -> ChatFastpipe:
         """A ``ChatFastpipe`` built from this configuration.
 
-        Settings the chat model has no field for are left out; ``overrides`` are passed as
-        given (so a misspelt one fails loudly).
-
         Args:
-            **overrides: ``ChatFastpipe`` fields that win over the configuration.
+            **overrides: ``ChatFastpipe`` fields that win over the configuration
+                (``model=``, ``preload=True``, ``temperature=``...).
 
         Returns:
             The chat model.
+
+        Raises:
+            ConfigError: A key (of the configuration's or of ``overrides``) is not a
+                ChatFastpipe field; the message names it and the nearest field.
         """
         from langchain_fastpipe.chat_models import ChatFastpipe
 
-        accepted = set(ChatFastpipe.model_fields)
-        accepted |= {f.alias for f in ChatFastpipe.model_fields.values() if f.alias}
-        kw = {k: v for k, v in self.chat_model_kwargs().items() if k in accepted}
-        kw.update(overrides)
+        kw = {**self.chat_model_kwargs(), **overrides}
+        _check_chat_model_keys(ChatFastpipe, kw, set(overrides))
         return ChatFastpipe(**kw)
+
+    def extraction_chat_model(self, **overrides: Any) -> ChatFastpipe:
+        """The pipeline's extraction model: ``backend.extraction_model``, else ``model``.
+
+        Args:
+            **overrides: As for :meth:`chat_model`.
+        """
+        name = self.backend.extraction_model or self.backend.model
+        return self.chat_model(**({"model": name} if name else {}) | overrides)
+
+    def formatting_chat_model(self, **overrides: Any) -> ChatFastpipe:
+        """The pipeline's formatting model: ``backend.formatting_model``, else ``model``.
+
+        Args:
+            **overrides: As for :meth:`chat_model`.
+        """
+        name = self.backend.formatting_model or self.backend.model
+        return self.chat_model(**({"model": name} if name else {}) | overrides)
+
+    def pipeline_options(self) -> PipelineOptions:
+        """The settings an answer pipeline reads (pure; see :class:`PipelineOptions`)."""
+        po, pipe, backend = self.performance_optimizations, self.pipeline, self.backend
+        return PipelineOptions(
+            optimized=po.enable_optimized_pipeline,
+            hedge=po.hedging,
+            first_chunk_timeout=po.first_chunk_timeout_seconds,
+            streaming=po.enable_response_streaming,
+            min_success_rate=pipe.min_success_rate,
+            probe_rate=pipe.probe_rate,
+            store=pipe.store,
+            store_url=pipe.store_url,
+            extraction_model=backend.extraction_model or backend.model,
+            formatting_model=backend.formatting_model or backend.model,
+        )
+
+    def preload_options(self) -> PreloadOptions:
+        """The settings a preloader reads (pure; see :class:`PreloadOptions`)."""
+        po = self.performance_optimizations
+        return PreloadOptions(
+            enabled=po.enable_model_preloading,
+            models=self.preload_models(),
+            timeout=po.preload_timeout_seconds,
+            keep_alive_refresh=self.preload.keep_alive_refresh_seconds,
+        )
 
     def preload_models(self) -> list[str]:
         """Models to warm up: ``preload.models``, else the backend model; [] when off."""
@@ -488,6 +590,39 @@ _LEAVES: dict[str, str] = {k: s for s, m in _SECTIONS.items() for k in m.model_f
 
 
 # ------------------------------------------------------------------ pure helpers
+def _base_url_problem(url: str) -> str | None:
+    """Why the transport rejects ``url`` as a base URL (None if it accepts it).
+
+    Uses the transport's validator (the one URL validator of the package) through
+    ``EndpointConfig``; the reason shows the URL redacted, never a query or credentials.
+    """
+    from langchain_fastpipe.transport import EndpointConfig
+
+    try:
+        EndpointConfig(base_url=url)
+    except ConfigError as exc:
+        return str(exc).removeprefix("EndpointConfig.base_url ")
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        return "must not carry credentials: pass the key as backend.api_key"
+    return None
+
+
+def _check_chat_model_keys(model_cls: Any, kwargs: Mapping[str, Any], given: set[str]) -> None:
+    """Raise ConfigError naming every key of ``kwargs`` that ``model_cls`` has no field for."""
+    fields = model_cls.model_fields
+    accepted = set(fields) | {f.alias for f in fields.values() if f.alias}
+    unknown = sorted(k for k in kwargs if k not in accepted)
+    if not unknown:
+        return
+    problems = []
+    for key in unknown:
+        origin = "override" if key in given else "configuration setting"
+        hint = _suggest(key, sorted(accepted))
+        problems.append(f"{key!r} ({origin})" + (f", did you mean {hint!r}?" if hint else ""))
+    raise ConfigError(f"{model_cls.__name__} has no field for: {'; '.join(problems)}")
+
+
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a JSON config file into a dict.
 
@@ -764,6 +899,8 @@ def _show(value: Any, path: str) -> str:
         parts = urlsplit(value)
         if parts.username or parts.password:
             value = value.replace(parts.netloc, parts.netloc.rpartition("@")[2], 1)
+        if parts.query or parts.fragment or "?" in value or "#" in value:
+            value = value.split("?", 1)[0].split("#", 1)[0] + "?<redacted>"
     if isinstance(value, (dict, list)) and len(repr(value)) > 80:
         return f"<{type(value).__name__}>"
     text = repr(value)

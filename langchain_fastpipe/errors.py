@@ -12,7 +12,7 @@ so code that catches LangChain's errors (or ``with_fallbacks``) keeps working::
     │   ├── CircuitOpenError (ModelConnectionError)       breaker open: fails fast
     │   ├── ProtocolViolationError (ModelAPIError)        non-JSON, truncated, malformed
     │   │   └── ResponseTooLargeError                     body over the size limit
-    │   └── HTTPStatusError                               a non-2xx reply
+    │   └── HTTPStatusError (ModelAPIError)               a non-2xx reply (402, 405, ...)
     │       ├── BadRequestError (ModelInvalidRequestError)       400, 422
     │       ├── AuthenticationError (ModelAuthenticationError)   401
     │       ├── PermissionDeniedError (ModelPermissionDeniedError) 403
@@ -141,13 +141,19 @@ class ResponseTooLargeError(ProtocolViolationError):
     """The server's reply exceeded the configured size limit."""
 
 
-class HTTPStatusError(TransportError):
+class HTTPStatusError(TransportError, ModelAPIError):
     """The server answered with a non-success status.
+
+    Used as is for statuses without a more specific class (402, 405, 410, ...); not
+    retryable unless a subclass says so.
 
     Attributes:
         status_code: The HTTP status.
-        body: At most 500 characters of the reply body, for diagnosis.
+        body: At most 500 characters of the reply body, for diagnosis (request header
+            values, such as the API key, are removed by the transport).
     """
+
+    is_retryable = False
 
     def __init__(self, message: str, *, endpoint: str, status_code: int, body: str = "") -> None:
         """Create the error for one reply of ``endpoint``."""

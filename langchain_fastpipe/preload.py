@@ -27,20 +27,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import logging
 import os
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from langchain_fastpipe.chat_models import ChatFastpipe, set_preload_hook
 from langchain_fastpipe.errors import PreloadError
-from langchain_fastpipe.providers import WarmupRequest
 from langchain_fastpipe.stats import Histogram, registry
-from langchain_fastpipe.transport import PooledClient, get_pool
+from langchain_fastpipe.transport import get_pool
+
+if TYPE_CHECKING:
+    from langchain_fastpipe.config import FastpipeConfig
 
 __all__ = [
     "PRELOAD_ENV",
@@ -71,6 +82,7 @@ WarmFn = Callable[[Callable[[str], None]], Awaitable[None]]
 #: The blocking form of a warm-up, used by :meth:`ModelPreloader.preload_sync`.
 SyncWarmFn = Callable[[Callable[[str], None]], None]
 SleepFn = Callable[[float], Awaitable[None]]
+T = TypeVar("T")
 
 
 @runtime_checkable
@@ -235,36 +247,38 @@ def _describe(exc: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------- warmers
-def _chat_warm_parts(model: ChatFastpipe) -> tuple[PooledClient, WarmupRequest, dict[str, str]]:
-    """``(pool, warm-up request, headers)`` of a chat model: its own pool and options."""
-    return get_pool(model.endpoint_config), model.warmup_request(), model._headers()
+def _chat_warmer(model: ChatFastpipe | Callable[[], ChatFastpipe], *, load_model: bool) -> WarmFn:
+    """The async warm-up of a ChatFastpipe: its pool's connections, then the model load.
 
-
-def _chat_warmer(model: ChatFastpipe, *, load_model: bool) -> WarmFn:
-    """The async warm-up of a ChatFastpipe: its pool's connections, then the model load."""
+    ``model`` may be a factory, called at the first warm-up (env specs, configs).
+    """
 
     async def warm(done: Callable[[str], None]) -> None:
-        pool, request, headers = _chat_warm_parts(model)
+        chat = model if isinstance(model, ChatFastpipe) else model()
+        pool = get_pool(chat.endpoint_config)
         if pool.config.pooling:  # without pooling there is nothing to keep open
             await pool.awarm()
             done("connections")
         if load_model:
-            await pool.apost_json(request.path, request.payload, headers=headers)
+            await chat.awarmup()
             done("model_load")
 
     return warm
 
 
-def _chat_warmer_sync(model: ChatFastpipe, *, load_model: bool) -> SyncWarmFn:
+def _chat_warmer_sync(
+    model: ChatFastpipe | Callable[[], ChatFastpipe], *, load_model: bool
+) -> SyncWarmFn:
     """The blocking warm-up of a ChatFastpipe: warms its sync client (for sync calls)."""
 
     def warm(done: Callable[[str], None]) -> None:
-        pool, request, headers = _chat_warm_parts(model)
+        chat = model if isinstance(model, ChatFastpipe) else model()
+        pool = get_pool(chat.endpoint_config)
         if pool.config.pooling:
             pool.warm()
             done("connections")
         if load_model:
-            pool.post_json(request.path, request.payload, headers=headers)
+            chat.warmup()
             done("model_load")
 
     return warm
@@ -293,34 +307,57 @@ def _awarm_warmer(target: Any) -> WarmFn:
 
 
 class _LazyChat:
-    """The ChatFastpipe of an env spec, built at its first warm-up (not at import)."""
+    """A ChatFastpipe built at its first warm-up (not at import), then kept."""
 
-    def __init__(self, spec: PreloadSpec) -> None:
-        self.spec = spec
+    def __init__(self, build: Callable[[], ChatFastpipe]) -> None:
+        self._build = build
         self._model: ChatFastpipe | None = None
         self._lock = threading.Lock()
 
-    def get(self) -> ChatFastpipe:
+    def __call__(self) -> ChatFastpipe:
         with self._lock:
             if self._model is None:
-                kwargs: dict[str, Any] = {"provider": self.spec.provider, "model": self.spec.model}
-                if self.spec.base_url:
-                    kwargs["base_url"] = self.spec.base_url
-                self._model = ChatFastpipe(**kwargs)
+                self._model = self._build()
             return self._model
 
 
-def _spec_warmers(spec: PreloadSpec, *, load_model: bool) -> tuple[WarmFn, SyncWarmFn]:
-    """Async and blocking warm-ups of an env spec."""
-    lazy = _LazyChat(spec)
+def _spec_chat(spec: PreloadSpec) -> ChatFastpipe:
+    """The ChatFastpipe of an env spec (no I/O)."""
+    kwargs: dict[str, Any] = {"provider": spec.provider, "model": spec.model}
+    if spec.base_url:
+        kwargs["base_url"] = spec.base_url
+    return ChatFastpipe(**kwargs)
 
-    async def warm(done: Callable[[str], None]) -> None:
-        await _chat_warmer(lazy.get(), load_model=load_model)(done)
 
-    def warm_sync(done: Callable[[str], None]) -> None:
-        _chat_warmer_sync(lazy.get(), load_model=load_model)(done)
+class _LoopThread:
+    """One long-lived event loop in a daemon thread, for async warm-ups from sync code.
 
-    return warm, warm_sync
+    Async clients opened by a warm-up stay bound to this loop, which never closes while
+    the process runs, so their sockets stay usable and owned (TRAPS 5) instead of being
+    stranded on a throwaway ``asyncio.run()`` loop.
+    """
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop, started on first use."""
+        with self._lock:
+            if self._loop is None or self._loop.is_closed():
+                loop = asyncio.new_event_loop()
+                threading.Thread(
+                    target=loop.run_forever, name="fastpipe-preload-loop", daemon=True
+                ).start()
+                self._loop = loop
+            return self._loop
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the loop and block until it ends; returns its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop()).result()
+
+
+_loop_thread = _LoopThread()
 
 
 def _default_name(target: object) -> str:
@@ -423,6 +460,41 @@ class ModelPreloader:
         """List the registered names."""
         return f"ModelPreloader(models={self.names()!r})"
 
+    @classmethod
+    def from_config(
+        cls,
+        config: FastpipeConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: SleepFn = asyncio.sleep,
+    ) -> ModelPreloader:
+        """A preloader holding the models a configuration asks to warm.
+
+        Registers one chat model per name of ``config.preload_models()`` (``preload.models``,
+        else ``backend.model``), built with the backend settings (provider, base URL, key,
+        pool and timeouts); each may take ``preload_timeout_seconds`` and is re-warmed every
+        ``preload.keep_alive_refresh_seconds`` while :meth:`start_refresh` runs. With
+        ``enable_model_preloading`` off nothing is registered. Nothing is contacted here.
+
+        Args:
+            config: The configuration.
+            clock: Monotonic clock for the seconds in results.
+            sleep: Sleep of the keep-alive refresh loop.
+
+        Returns:
+            The new preloader; call :meth:`preload` (or use :func:`fastpipe_lifespan`).
+
+        Raises:
+            ConfigError: A chat model cannot be built from the configuration.
+        """
+        preloader = cls(clock=clock, sleep=sleep)
+        timeout = config.performance_optimizations.preload_timeout_seconds
+        refresh = config.preload.keep_alive_refresh_seconds
+        for model in config.preload_models():
+            chat = config.chat_model(model=model, preload=False)  # registered here instead
+            preloader.register(chat, timeout=timeout, refresh_every=refresh)
+        return preloader
+
     def names(self) -> list[str]:
         """Registered names, in registration order."""
         with self._lock:
@@ -465,7 +537,9 @@ class ModelPreloader:
         warm: WarmFn
         warm_sync: SyncWarmFn | None = None
         if isinstance(model, PreloadSpec):
-            warm, warm_sync = _spec_warmers(model, load_model=warmup)
+            lazy = _LazyChat(functools.partial(_spec_chat, model))
+            warm = _chat_warmer(lazy, load_model=warmup)
+            warm_sync = _chat_warmer_sync(lazy, load_model=warmup)
             default = model.name
         elif isinstance(model, ChatFastpipe):
             warm = _chat_warmer(model, load_model=warmup)
@@ -517,13 +591,15 @@ class ModelPreloader:
         return self._finish(entry, start, steps, PreloadStatus.OK, None)
 
     def _warm_one_blocking(self, entry: _Entry, timeout: float | None) -> PreloadResult:
-        """Warm one entry in this thread (its sync form when it has one), never raising.
+        """Warm one entry from this thread (its sync form when it has one), never raising.
 
-        A blocking warm-up cannot be interrupted: past its timeout it is reported
-        ``timed_out`` and left to finish in its daemon thread.
+        An entry without a sync form runs its async warm-up on the package's long-lived
+        preload loop (cancelled at its timeout). A blocking warm-up cannot be
+        interrupted: past its timeout it is reported ``timed_out`` and left to finish
+        (bounded by its own HTTP timeout) in its daemon thread.
         """
         if entry.warm_sync is None:
-            return asyncio.run(self._warm_one(entry, timeout))
+            return _loop_thread.run(self._warm_one(entry, timeout))
         steps: list[str] = []
         start = self._clock()
         limit = entry.timeout if timeout is None else timeout
@@ -711,8 +787,11 @@ class ModelPreloader:
             stop_servers: Also stop ``LocalModelServer`` instances this preloader started.
         """
         await self.stop_refresh()
-        for task in list(self._background):
+        loop = asyncio.get_running_loop()
+        background = [t for t in self._background if t.get_loop() is loop]
+        for task in background:
             task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         if not stop_servers:
             return
         with self._lock:

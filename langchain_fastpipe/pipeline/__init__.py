@@ -23,6 +23,7 @@ from langchain_fastpipe.pipeline._ranked import (
     failure_reason,
 )
 from langchain_fastpipe.pipeline._store import (
+    DEFAULT_SQLITE_PATH,
     DEFAULT_WINDOW,
     MemoryStore,
     Outcome,
@@ -31,6 +32,7 @@ from langchain_fastpipe.pipeline._store import (
     StatsStore,
     StrategyStats,
     apply_outcome,
+    make_store,
 )
 from langchain_fastpipe.pipeline._strategies import (
     Extraction,
@@ -44,6 +46,7 @@ from langchain_fastpipe.pipeline._strategies import (
 )
 
 __all__ = [
+    "DEFAULT_SQLITE_PATH",
     "DEFAULT_WINDOW",
     "AnswerPipeline",
     "Extraction",
@@ -73,6 +76,7 @@ __all__ = [
     "failure_reason",
     "few_shot_strategy",
     "is_answer",
+    "make_store",
     "normalize_input",
     "parse_extraction",
     "posterior_mean",

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda, RunnableSerializable
@@ -18,9 +18,13 @@ from pydantic import ConfigDict, Field, PrivateAttr
 from typing_extensions import override
 
 from langchain_fastpipe.errors import ConfigError
+from langchain_fastpipe.pipeline._policy import ThompsonPolicy
 from langchain_fastpipe.pipeline._ranked import RankedFallbacks, Strategy
-from langchain_fastpipe.pipeline._store import StrategyStats
+from langchain_fastpipe.pipeline._store import StrategyStats, make_store
 from langchain_fastpipe.pipeline._strategies import default_strategies, normalize_input
+
+if TYPE_CHECKING:
+    from langchain_fastpipe.config import FastpipeConfig
 
 __all__ = ["AnswerPipeline", "PipelineInput"]
 
@@ -77,6 +81,7 @@ class AnswerPipeline(RunnableSerializable[PipelineInput, str]):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     _ranked: RankedFallbacks[Any, str] = PrivateAttr()
+    _normalize: Runnable[Any, dict[str, Any]] = PrivateAttr()
     _chain: Runnable[Any, str] = PrivateAttr()
 
     def __init__(self, **kwargs: Any) -> None:
@@ -116,7 +121,64 @@ class AnswerPipeline(RunnableSerializable[PipelineInput, str]):
             sleep=self.sleep,
         )
         self.store = self._ranked.store
-        self._chain = RunnableLambda(normalize_input, name="normalize_input") | self._ranked
+        self._normalize = RunnableLambda(normalize_input, name="normalize_input")
+        self._chain = self._normalize | self._ranked
+
+    @classmethod
+    def from_config(
+        cls,
+        config: FastpipeConfig,
+        *,
+        extraction_model: BaseChatModel | None = None,
+        formatting_model: BaseChatModel | None = None,
+        **overrides: Any,
+    ) -> AnswerPipeline:
+        """A pipeline configured by a :class:`~langchain_fastpipe.config.FastpipeConfig`.
+
+        Reads ``enable_optimized_pipeline`` (ranked and adaptive, or fixed order),
+        ``hedging``, ``first_chunk_timeout_seconds``, ``pipeline.min_success_rate`` (the
+        policy's skip threshold), ``pipeline.probe_rate`` and ``pipeline.store`` /
+        ``store_url`` (see :func:`~langchain_fastpipe.pipeline.make_store`).
+
+        Args:
+            config: The configuration.
+            extraction_model: The extraction stage's model; default
+                ``config.chat_model(model=backend.extraction_model or backend.model)``
+                (not preloaded here: warm it with ``ModelPreloader.from_config(config)``).
+            formatting_model: The formatting stage's model; default likewise with
+                ``backend.formatting_model``.
+            **overrides: Further fields of this class (``seed``, ``clock``, ``strategies``...),
+                winning over the configuration.
+
+        Returns:
+            The pipeline.
+
+        Raises:
+            ConfigError: A model is neither given nor named in ``backend``.
+        """
+        po, settings = config.performance_optimizations, config.pipeline
+        fields: dict[str, Any] = {
+            "optimized": po.enable_optimized_pipeline,
+            "hedge": po.hedging,
+            "first_chunk_timeout": po.first_chunk_timeout_seconds,
+        }
+        fields.update(overrides)
+        if "store" not in fields:
+            fields["store"] = make_store(settings.store, settings.store_url)
+        if "policy" not in fields:
+            fields["policy"] = ThompsonPolicy(
+                seed=fields.get("seed"),
+                skip_threshold=settings.min_success_rate,
+                probe_rate=settings.probe_rate,
+            )
+        if not fields.get("strategies"):
+            fields["extraction_model"] = extraction_model or _config_model(
+                config, config.backend.extraction_model, "extraction_model"
+            )
+            fields["formatting_model"] = formatting_model or _config_model(
+                config, config.backend.formatting_model, "formatting_model"
+            )
+        return cls(**fields)
 
     @property
     def ranked(self) -> RankedFallbacks[Any, str]:
@@ -131,6 +193,16 @@ class AnswerPipeline(RunnableSerializable[PipelineInput, str]):
         """What the store knows about each strategy."""
         return self._ranked.learned()
 
+    def _chain_for(self, kwargs: Mapping[str, Any]) -> Runnable[Any, str]:
+        """The chain, its ranked step bound to ``kwargs`` when there are any.
+
+        A sequence passes call kwargs to its first step only, so they are bound to the
+        ranked fallbacks, which hand them to each strategy.
+        """
+        if not kwargs:
+            return self._chain
+        return self._normalize | self._ranked.bind(**kwargs)
+
     def _config(self, config: RunnableConfig | None) -> RunnableConfig:
         merged: RunnableConfig = dict(config or {})  # type: ignore[assignment]
         merged.setdefault("run_name", self.get_name())
@@ -140,27 +212,49 @@ class AnswerPipeline(RunnableSerializable[PipelineInput, str]):
     def invoke(
         self, input: PipelineInput, config: RunnableConfig | None = None, **kwargs: Any
     ) -> str:
-        """Answer (sync path; works inside a running event loop)."""
-        return self._chain.invoke(input, self._config(config))
+        """Answer (sync path; works inside a running event loop).
+
+        ``kwargs`` go to every strategy's runnable, as ``with_fallbacks`` passes them.
+        """
+        return self._chain_for(kwargs).invoke(input, self._config(config))
 
     @override
     async def ainvoke(
         self, input: PipelineInput, config: RunnableConfig | None = None, **kwargs: Any
     ) -> str:
-        """Answer."""
-        return await self._chain.ainvoke(input, self._config(config))
+        """Answer; ``kwargs`` go to every strategy's runnable."""
+        return await self._chain_for(kwargs).ainvoke(input, self._config(config))
 
     @override
     def stream(
         self, input: PipelineInput, config: RunnableConfig | None = None, **kwargs: Any | None
     ) -> Iterator[str]:
-        """Stream the formatting stage's tokens (sync path)."""
-        yield from self._chain.stream(input, self._config(config))
+        """Stream the formatting stage's tokens (sync path); ``kwargs`` go to the strategies."""
+        yield from self._chain_for(kwargs).stream(input, self._config(config))
 
     @override
     async def astream(
         self, input: PipelineInput, config: RunnableConfig | None = None, **kwargs: Any | None
     ) -> AsyncIterator[str]:
-        """Stream the formatting stage's tokens; fall back before the first one."""
-        async for chunk in self._chain.astream(input, self._config(config)):
+        """Stream the formatting stage's tokens; fall back before the first one.
+
+        ``kwargs`` go to every strategy's runnable.
+        """
+        async for chunk in self._chain_for(kwargs).astream(input, self._config(config)):
             yield chunk
+
+
+def _config_model(config: FastpipeConfig, name: str | None, stage: str) -> BaseChatModel:
+    """The ChatFastpipe of one pipeline stage: ``backend.<stage>`` else ``backend.model``.
+
+    Raises:
+        ConfigError: Neither is set.
+    """
+    model = name or config.backend.model
+    if not model:
+        msg = (
+            f"AnswerPipeline.from_config: no model for the {stage.split('_')[0]} stage; set "
+            f"backend.{stage} or backend.model in the configuration, or pass {stage}="
+        )
+        raise ConfigError(msg)
+    return config.chat_model(model=model, preload=False)  # ModelPreloader.from_config warms

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 import weakref
 from collections import deque
@@ -34,6 +35,7 @@ from collections.abc import (
     Callable,
     Generator,
     Iterator,
+    Mapping,
     Sequence,
 )
 from typing import Any, cast
@@ -235,6 +237,66 @@ class _StrategyCounters:
         }
 
 
+class _DeadlinePassedError(Exception):
+    """Raised by :meth:`_Deadline.run` (never a TimeoutError a stream itself raised)."""
+
+
+class _Deadline:
+    """One timer for the rest of an attempt (asyncio.timeout-like, with the injected sleep).
+
+    Armed once after the first chunk; while the consumer awaits the next chunk it is the
+    awaiting task that the timer cancels, so chunks are read in the consumer's own task
+    with no task or timer per chunk. A timer firing between chunks only marks the
+    deadline as passed; the next read then fails at once.
+    """
+
+    def __init__(self, sleep: Callable[[float], Awaitable[Any]], seconds: float) -> None:
+        self.expired = False
+        self._waiter: asyncio.Task[Any] | None = None
+        self._fired = False
+        self._timer = asyncio.ensure_future(sleep(max(0.0, seconds)))
+        self._timer.add_done_callback(self._expire)
+
+    def _expire(self, timer: asyncio.Future[Any]) -> None:
+        if timer.cancelled():
+            return
+        timer.exception()  # retrieved: a failing sleep still ends the wait
+        self.expired = True
+        if self._waiter is not None and not self._waiter.done():
+            self._fired = True
+            self._waiter.cancel()
+
+    def _ours(self, task: asyncio.Task[Any] | None) -> bool:
+        """Whether a pending cancellation of ``task`` came from this timer (and undo it)."""
+        if not self._fired:
+            return False
+        self._fired = False
+        uncancel = getattr(task, "uncancel", None)  # Python 3.11+
+        return uncancel is None or uncancel() == 0
+
+    async def run(self, read: Callable[[], Awaitable[Any]]) -> Any:
+        """Await ``read()``; raise _DeadlinePassedError when the deadline passes first."""
+        if self.expired:
+            raise _DeadlinePassedError
+        task = asyncio.current_task()
+        self._waiter = task
+        try:
+            result = await read()
+        except asyncio.CancelledError:
+            if self._ours(task):
+                raise _DeadlinePassedError from None
+            raise
+        finally:
+            self._waiter = None
+        if self._ours(task):  # the read swallowed our cancellation
+            raise _DeadlinePassedError
+        return result
+
+    def cancel(self) -> None:
+        """Stop the timer (the attempt ended)."""
+        self._timer.cancel()
+
+
 class _Attempt:
     """One running async attempt: its stream, timing and first-chunk task."""
 
@@ -246,6 +308,7 @@ class _Attempt:
         self.started = started
         self.first_deadline = fc_deadline
         self.hedge = False
+        self.deadline: _Deadline | None = None
         self.first_task: asyncio.Task[Any] = asyncio.ensure_future(self.next_chunk())
 
     async def next_chunk(self) -> Any:
@@ -257,6 +320,8 @@ class _Attempt:
 
     async def close(self) -> None:
         """Cancel the pending first chunk and close the stream (frees its connection)."""
+        if self.deadline is not None:
+            self.deadline.cancel()
         if not self.first_task.done():
             self.first_task.cancel()
             await asyncio.wait([self.first_task])
@@ -296,6 +361,8 @@ class RankedFallbacks(RunnableSerializable[Input, Output]):
         ranked = RankedFallbacks(strategies=[Strategy(name="a", runnable=a, validator=Answer)])
 
     Every attempt is a child run named after its strategy and tagged ``attempt:<name>``.
+    Keyword arguments of ``invoke``/``stream``/``ainvoke``/``astream`` go to each
+    strategy's runnable, as ``with_fallbacks`` passes them.
 
     Attributes:
         strategies: The candidates (built from ``runnable`` + ``fallbacks`` when given so).
@@ -341,6 +408,8 @@ class RankedFallbacks(RunnableSerializable[Input, Output]):
     _counters: dict[str, _StrategyCounters] = PrivateAttr(default_factory=dict)
     _last_tried: dict[str, float] = PrivateAttr(default_factory=dict)
     _totals: dict[str, int] = PrivateAttr(default_factory=dict)
+    # Guards the counters above: threads (sync paths) and several loops update them.
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     def __init__(self, **kwargs: Any) -> None:
         """Create from ``strategies``, or from ``runnable`` + ``fallbacks`` like with_fallbacks.
@@ -393,21 +462,24 @@ class RankedFallbacks(RunnableSerializable[Input, Output]):
 
     def rank(self, stats: dict[str, StrategyStats]) -> Ranking:
         """The order the policy picks now for these statistics (counts skips and probes)."""
+        with self._lock:
+            last_tried = dict(self._last_tried)
         state = RankingState(
             names=[s.name for s in self.strategies],
             stats=stats,
             now=self.clock(),
-            last_tried=dict(self._last_tried),
+            last_tried=last_tried,
         )
         ranking = self._policy().rank(state)
-        self._totals["requests"] = self._totals.get("requests", 0) + 1
-        if ranking.order:
-            self._counters[ranking.order[0]].first += 1
-        for name in ranking.skipped:
-            if name not in ranking.probes:
-                self._counters[name].skipped += 1
-        for name in ranking.probes:
-            self._counters[name].probes += 1
+        with self._lock:
+            self._totals["requests"] = self._totals.get("requests", 0) + 1
+            if ranking.order:
+                self._counters[ranking.order[0]].first += 1
+            for name in ranking.skipped:
+                if name not in ranking.probes:
+                    self._counters[name].skipped += 1
+            for name in ranking.probes:
+                self._counters[name].probes += 1
         return ranking
 
     def _ordered(self, ranking: Ranking) -> deque[Strategy]:
@@ -434,15 +506,17 @@ class RankedFallbacks(RunnableSerializable[Input, Output]):
         counters.latency.record(outcome.latency)
         if outcome.ttfc is not None:
             counters.ttfc.record(outcome.ttfc)
-        if outcome.success:
-            counters.successes += 1
-        else:
-            counters.failures[outcome.reason] = counters.failures.get(outcome.reason, 0) + 1
+        with self._lock:
+            if outcome.success:
+                counters.successes += 1
+            else:
+                counters.failures[outcome.reason] = counters.failures.get(outcome.reason, 0) + 1
 
     def _begin(self, name: str) -> float:
         now = self.clock()
-        self._last_tried[name] = now
-        self._counters[name].attempts += 1
+        with self._lock:
+            self._last_tried[name] = now
+            self._counters[name].attempts += 1
         return now
 
     def _with_partial(self, input: Any, partial: Any) -> Any:
@@ -453,13 +527,14 @@ class RankedFallbacks(RunnableSerializable[Input, Output]):
 
     def stats(self) -> dict[str, Any]:
         """In-process counters: requests, hedges, all-failed, and per strategy."""
-        return {
-            "requests": self._totals.get("requests", 0),
-            "extra_requests": self._totals.get("extra_requests", 0),
-            "hedge_wins": self._totals.get("hedge_wins", 0),
-            "all_failed": self._totals.get("all_failed", 0),
-            "strategies": {n: c.snapshot() for n, c in self._counters.items()},
-        }
+        with self._lock:
+            return {
+                "requests": self._totals.get("requests", 0),
+                "extra_requests": self._totals.get("extra_requests", 0),
+                "hedge_wins": self._totals.get("hedge_wins", 0),
+                "all_failed": self._totals.get("all_failed", 0),
+                "strategies": {n: c.snapshot() for n, c in self._counters.items()},
+            }
 
     def learned(self) -> dict[str, StrategyStats]:
         """What the store knows about each strategy now."""
@@ -470,7 +545,15 @@ class RankedFallbacks(RunnableSerializable[Input, Output]):
         return {"name": name, "run_id": config.pop("run_id", None)}
 
     def _bump(self, key: str) -> None:
-        self._totals[key] = self._totals.get(key, 0) + 1
+        """Add one to the total ``key`` (under the lock)."""
+        with self._lock:
+            self._totals[key] = self._totals.get(key, 0) + 1
+
+    def _count(self, strategy: str, counter: str) -> None:
+        """Add one to ``counter`` of one strategy (under the lock)."""
+        with self._lock:
+            counters = self._counters[strategy]
+            setattr(counters, counter, getattr(counters, counter) + 1)
 
     # -- sync paths ----------------------------------------------------------------
 
@@ -481,6 +564,7 @@ class RankedFallbacks(RunnableSerializable[Input, Output]):
         run_manager: CallbackManagerForChainRun,
         *,
         buffered: bool,
+        kwargs: Mapping[str, Any],
     ) -> Generator[Any, None, None]:
         store = self._store()
         stats = store.load([s.name for s in self.strategies])
@@ -496,7 +580,7 @@ class RankedFallbacks(RunnableSerializable[Input, Output]):
             ttfc: float | None = None
             acc: Any = None
             child = self._child_config(config, run_manager, name)
-            stream = strategy.runnable.stream(current, child)
+            stream = strategy.runnable.stream(current, child, **kwargs)
             try:
                 for chunk in stream:
                     if ttfc is None:
@@ -544,7 +628,7 @@ class RankedFallbacks(RunnableSerializable[Input, Output]):
         run_manager = get_callback_manager_for_config(config).on_chain_start(
             None, input, **self._run_info(config)
         )
-        runner = self._run_sync(input, config, run_manager, buffered=True)
+        runner = self._run_sync(input, config, run_manager, buffered=True, kwargs=kwargs)
         try:
             output = _finish(next(runner))
         except BaseException as exc:
@@ -566,7 +650,7 @@ class RankedFallbacks(RunnableSerializable[Input, Output]):
         )
         output: Any = None
         try:
-            for chunk in self._run_sync(input, config, run_manager, buffered=False):
+            for chunk in self._run_sync(input, config, run_manager, buffered=False, kwargs=kwargs):
                 output = _add(output, chunk)
                 yield chunk
         except BaseException as exc:
@@ -582,11 +666,12 @@ class RankedFallbacks(RunnableSerializable[Input, Output]):
         input: Any,
         config: RunnableConfig,
         run_manager: AsyncCallbackManagerForChainRun,
+        kwargs: Mapping[str, Any],
     ) -> _Attempt:
         started = self._begin(strategy.name)
         fc = self.first_chunk_timeout
         stream = strategy.runnable.astream(
-            input, self._child_config(config, run_manager, strategy.name)
+            input, self._child_config(config, run_manager, strategy.name), **kwargs
         )
         return _Attempt(strategy, stream, started, started + fc if fc is not None else float("inf"))
 
@@ -617,7 +702,7 @@ class RankedFallbacks(RunnableSerializable[Input, Output]):
     async def _acancelled(self, loser: _Attempt) -> None:
         """Count a hedge's loser and keep its wait as a lower bound of its ttfc."""
         name = loser.strategy.name
-        self._counters[name].cancelled += 1
+        self._count(name, "cancelled")
         waited = self.clock() - loser.started
         await self._store().arecord(name, Outcome(False, waited, waited, "cancelled"))
 
@@ -629,6 +714,7 @@ class RankedFallbacks(RunnableSerializable[Input, Output]):
         config: RunnableConfig,
         run_manager: AsyncCallbackManagerForChainRun,
         errors: list[tuple[str, BaseException]],
+        kwargs: Mapping[str, Any],
     ) -> tuple[_Attempt, Any] | None:
         """Start attempts until one yields a first chunk; hedge and time out as configured."""
         active: list[_Attempt] = []
@@ -638,7 +724,7 @@ class RankedFallbacks(RunnableSerializable[Input, Output]):
                 if not active:
                     if not queue:
                         return None
-                    active.append(self._start(queue.popleft(), input, config, run_manager))
+                    active.append(self._start(queue.popleft(), input, config, run_manager, kwargs))
                     hedge_at = self._hedge_at(active[0], stats)
                 wakes = [a.first_deadline for a in active]
                 if hedge_at is not None and queue and len(active) == 1:
@@ -693,9 +779,9 @@ class RankedFallbacks(RunnableSerializable[Input, Output]):
                         errors,
                     )
                 if hedge_at is not None and len(active) == 1 and queue and now >= hedge_at:
-                    hedged = self._start(queue.popleft(), input, config, run_manager)
+                    hedged = self._start(queue.popleft(), input, config, run_manager, kwargs)
                     hedged.hedge = True
-                    self._counters[hedged.strategy.name].hedged += 1
+                    self._count(hedged.strategy.name, "hedged")
                     self._bump("extra_requests")
                     active.append(hedged)
                     hedge_at = None
@@ -705,23 +791,12 @@ class RankedFallbacks(RunnableSerializable[Input, Output]):
 
     async def _anext(self, attempt: _Attempt) -> Any:
         """The attempt's next chunk (``_EMPTY`` at the end), within the total timeout."""
-        if self.total_timeout is None:
+        if self.total_timeout is None or attempt.deadline is None:
             return await attempt.next_chunk()
-        remaining = attempt.started + self.total_timeout - self.clock()
-        task = asyncio.ensure_future(attempt.next_chunk())
-        timer = asyncio.ensure_future(self.sleep(max(0.0, remaining)))
         try:
-            await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not timer.done():
-                timer.cancel()
-            timed_out = not task.done()
-            if timed_out:
-                task.cancel()
-                await asyncio.wait([task])
-        if timed_out:
-            raise StrategyTimeoutError(attempt.strategy.name, self.total_timeout)
-        return task.result()
+            return await attempt.deadline.run(attempt.next_chunk)
+        except _DeadlinePassedError:
+            raise StrategyTimeoutError(attempt.strategy.name, self.total_timeout) from None
 
     async def _arun(
         self,
@@ -730,6 +805,7 @@ class RankedFallbacks(RunnableSerializable[Input, Output]):
         run_manager: AsyncCallbackManagerForChainRun,
         *,
         buffered: bool,
+        kwargs: Mapping[str, Any],
     ) -> AsyncGenerator[Any, None]:
         store = self._store()
         stats = await store.aload([s.name for s in self.strategies])
@@ -738,12 +814,15 @@ class RankedFallbacks(RunnableSerializable[Input, Output]):
         emitted: Any = None
         current = input
         while queue:
-            won = await self._afirst(queue, stats, current, config, run_manager, errors)
+            won = await self._afirst(queue, stats, current, config, run_manager, errors, kwargs)
             if won is None:
                 break
             attempt, first = won
             name = attempt.strategy.name
             ttfc = self.clock() - attempt.started
+            if self.total_timeout is not None:  # one timer for the rest of the attempt
+                remaining = attempt.started + self.total_timeout - self.clock()
+                attempt.deadline = _Deadline(self.sleep, remaining)
             acc = first
             try:
                 if not buffered:
@@ -757,6 +836,8 @@ class RankedFallbacks(RunnableSerializable[Input, Output]):
                     if not buffered:
                         emitted = _add(emitted, chunk)
                         yield chunk
+                if attempt.deadline is not None:
+                    attempt.deadline.cancel()
                 reason = check_output(attempt.strategy.validator, acc if buffered else emitted)
                 if reason is not None:
                     raise StrategyValidationError(name, reason)
@@ -788,7 +869,7 @@ class RankedFallbacks(RunnableSerializable[Input, Output]):
         run_manager = await get_async_callback_manager_for_config(config).on_chain_start(
             None, input, **self._run_info(config)
         )
-        runner = self._arun(input, config, run_manager, buffered=True)
+        runner = self._arun(input, config, run_manager, buffered=True, kwargs=kwargs)
         try:
             output = _finish(await runner.__anext__())
         except BaseException as exc:
@@ -809,7 +890,7 @@ class RankedFallbacks(RunnableSerializable[Input, Output]):
             None, input, **self._run_info(config)
         )
         output: Any = None
-        runner = self._arun(input, config, run_manager, buffered=False)
+        runner = self._arun(input, config, run_manager, buffered=False, kwargs=kwargs)
         try:
             async for chunk in runner:
                 output = _add(output, chunk)

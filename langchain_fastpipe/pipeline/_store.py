@@ -15,7 +15,6 @@ most recent attempts (outcome, latency, time to first chunk). Three stores keep 
 from __future__ import annotations
 
 import asyncio
-import math
 import sqlite3
 import threading
 import weakref
@@ -24,8 +23,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
 from langchain_fastpipe.errors import ConfigError
+from langchain_fastpipe.stats import quantile
 
 __all__ = [
+    "DEFAULT_SQLITE_PATH",
     "DEFAULT_WINDOW",
     "MemoryStore",
     "Outcome",
@@ -34,7 +35,11 @@ __all__ = [
     "StatsStore",
     "StrategyStats",
     "apply_outcome",
+    "make_store",
 ]
+
+#: The SQLite file used when ``pipeline.store = "sqlite"`` names no ``store_url``.
+DEFAULT_SQLITE_PATH = "fastpipe-strategies.sqlite3"
 
 #: How many recent attempts a store keeps per strategy.
 DEFAULT_WINDOW = 100
@@ -107,7 +112,7 @@ class StrategyStats:
 
     def ttfc_quantile(self, q: float) -> float | None:
         """The ``q`` quantile (0..1) of recent times to first chunk, or None without data."""
-        return _quantile(self.ttfcs, q)
+        return quantile(self.ttfcs, q)
 
     def snapshot(self) -> dict[str, Any]:
         """A JSON-serializable summary."""
@@ -120,17 +125,6 @@ class StrategyStats:
             "ttfc_p50": self.ttfc_quantile(0.5),
             "ttfc_p95": self.ttfc_quantile(0.95),
         }
-
-
-def _quantile(values: Sequence[float], q: float) -> float | None:
-    """Linear-interpolated quantile of ``values`` (any order), or None when empty."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    pos = q * (len(ordered) - 1)
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
 def apply_outcome(stats: StrategyStats, outcome: Outcome, window: int) -> StrategyStats:
@@ -240,8 +234,8 @@ CREATE INDEX IF NOT EXISTS strategy_samples_name ON strategy_samples (name, id);
 class SQLiteStore:
     """Statistics in a SQLite file: they survive restarts and are shared by processes.
 
-    Writes are local-file transactions (well under a millisecond), so the async
-    methods run them inline rather than in a thread pool.
+    The async methods run the blocking calls in a worker thread (another process may
+    hold the file's lock for up to the 10 s busy timeout), never on the event loop.
 
     Args:
         path: The database file (created if missing); ``":memory:"`` for a throwaway one.
@@ -275,19 +269,17 @@ class SQLiteStore:
                     "WHERE name = ?",
                     (name,),
                 )
+            if outcome.cancelled and outcome.ttfc is None:
+                return  # nothing of it is kept (see apply_outcome)
             self._conn.execute(
                 "INSERT INTO strategy_samples (name, success, latency, ttfc) VALUES (?, ?, ?, ?)",
                 (name, _status(outcome), outcome.latency, outcome.ttfc),
             )
-            self._conn.execute(
-                "DELETE FROM strategy_samples WHERE name = ? AND id <= (SELECT id FROM "
-                "strategy_samples WHERE name = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                (name, name, self.window),
-            )
+            self._conn.execute(_SQLITE_TRIM, (name, name, self.window, name, self.window))
 
     async def arecord(self, name: str, outcome: Outcome) -> None:
-        """Async :meth:`record` (a local transaction, run inline)."""
-        self.record(name, outcome)
+        """Async :meth:`record` (in a worker thread)."""
+        await asyncio.to_thread(self.record, name, outcome)
 
     def load(self, names: Sequence[str]) -> dict[str, StrategyStats]:
         """The current record of each strategy in ``names``."""
@@ -303,13 +295,17 @@ class SQLiteStore:
                     (name,),
                 ).fetchall()
                 result[name] = _stats_from_samples(
-                    name, (row[0], row[1]) if row else (0, 0), samples
+                    name,
+                    (row[0], row[1]) if row else (0, 0),
+                    [(s, lat) for s, lat, _ in samples],
+                    [t for _, _, t in samples if t is not None],
+                    self.window,
                 )
         return result
 
     async def aload(self, names: Sequence[str]) -> dict[str, StrategyStats]:
-        """Async :meth:`load` (a local query, run inline)."""
-        return self.load(names)
+        """Async :meth:`load` (in a worker thread)."""
+        return await asyncio.to_thread(self.load, names)
 
     def clear(self) -> None:
         """Forget everything in the file."""
@@ -325,6 +321,17 @@ class SQLiteStore:
 
 _CANCELLED = 2
 
+# The window rule of apply_outcome, in SQL: a sample row goes once it is neither among the
+# last ``window`` non-cancelled outcomes nor among the last ``window`` times to first chunk
+# (so cancelled hedge losers never push real outcomes out of the window).
+_SQLITE_TRIM = """
+DELETE FROM strategy_samples WHERE name = ?
+  AND (success = 2 OR id <= COALESCE((SELECT id FROM strategy_samples
+        WHERE name = ? AND success != 2 ORDER BY id DESC LIMIT 1 OFFSET ?), -1))
+  AND (ttfc IS NULL OR id <= COALESCE((SELECT id FROM strategy_samples
+        WHERE name = ? AND ttfc IS NOT NULL ORDER BY id DESC LIMIT 1 OFFSET ?), -1))
+"""
+
 
 def _status(outcome: Outcome) -> int:
     """A sample's stored status: 1 success, 0 failure, 2 cancelled (pure)."""
@@ -332,16 +339,30 @@ def _status(outcome: Outcome) -> int:
 
 
 def _stats_from_samples(
-    name: str, counts: tuple[int, int], samples: Sequence[tuple[Any, Any, Any]]
+    name: str,
+    counts: tuple[int, int],
+    outcomes: Sequence[tuple[Any, Any]],
+    ttfcs: Sequence[Any],
+    window: int,
 ) -> StrategyStats:
-    """Build a record from lifetime counts and ``(success, latency, ttfc)`` samples."""
+    """Build a record the way :func:`apply_outcome` keeps one (pure).
+
+    Args:
+        name: The strategy.
+        counts: Lifetime ``(successes, failures)``.
+        outcomes: ``(status, latency)`` of stored samples, oldest first; cancelled ones
+            (status 2) are skipped, the last ``window`` others kept.
+        ttfcs: Stored times to first chunk, oldest first; the last ``window`` are kept.
+        window: The store's window.
+    """
+    kept = [(int(s), float(lat)) for s, lat in outcomes if int(s) != _CANCELLED][-window:]
     return StrategyStats(
         name=name,
         successes=int(counts[0]),
         failures=int(counts[1]),
-        recent=tuple(bool(int(s)) for s, _, _ in samples if int(s) != _CANCELLED),
-        latencies=tuple(float(lat) for s, lat, _ in samples if int(s) != _CANCELLED),
-        ttfcs=tuple(float(t) for _, _, t in samples if t is not None),
+        recent=tuple(bool(s) for s, _ in kept),
+        latencies=tuple(lat for _, lat in kept),
+        ttfcs=tuple(float(t) for t in ttfcs)[-window:],
     )
 
 
@@ -366,9 +387,12 @@ def _counts_from_hash(raw: Mapping[Any, Any]) -> tuple[int, int]:
 class RedisStore:
     """Statistics in Redis, shared by every process and replica that uses the same prefix.
 
-    Each strategy has a hash ``{prefix}:{name}:counts`` (``HINCRBY``) and a list
-    ``{prefix}:{name}:recent`` trimmed to the window; one attempt is written in one
-    ``MULTI``/``EXEC`` transaction, so concurrent writers never lose an update.
+    Each strategy has a hash ``{prefix}:{name}:counts`` (``HINCRBY``), a list
+    ``{prefix}:{name}:recent`` of outcomes and a list ``{prefix}:{name}:ttfc`` of times to
+    first chunk, each trimmed to the window (a cancelled hedge loser adds only its ttfc,
+    as in :func:`apply_outcome`); one attempt is written in one ``MULTI``/``EXEC``
+    transaction, so concurrent writers never lose an update. Given only a sync
+    ``client``, the async methods run it in a worker thread.
 
     Args:
         url: A ``redis://`` URL; clients (sync, and one async client per event loop)
@@ -429,29 +453,35 @@ class RedisStore:
             self._aclients[loop] = client
         return client
 
-    def _keys(self, name: str) -> tuple[str, str]:
-        return f"{self.prefix}:{name}:counts", f"{self.prefix}:{name}:recent"
+    def _keys(self, name: str) -> tuple[str, str, str]:
+        base = f"{self.prefix}:{name}"
+        return f"{base}:counts", f"{base}:recent", f"{base}:ttfc"
 
     def _queue_record(self, pipe: Any, name: str, outcome: Outcome) -> None:
-        counts, recent = self._keys(name)
+        counts, recent, ttfc = self._keys(name)
         if not outcome.cancelled:
             pipe.hincrby(counts, "successes" if outcome.success else "failures", 1)
-        pipe.rpush(recent, encode_sample(outcome))
-        pipe.ltrim(recent, -self.window, -1)
+            pipe.rpush(recent, encode_sample(outcome))
+            pipe.ltrim(recent, -self.window, -1)
+        if outcome.ttfc is not None:
+            pipe.rpush(ttfc, repr(outcome.ttfc))
+            pipe.ltrim(ttfc, -self.window, -1)
 
     def _queue_load(self, pipe: Any, names: Sequence[str]) -> None:
         for name in names:
-            counts, recent = self._keys(name)
+            counts, recent, ttfc = self._keys(name)
             pipe.hgetall(counts)
             pipe.lrange(recent, 0, -1)
+            pipe.lrange(ttfc, 0, -1)
 
-    @staticmethod
-    def _parse_load(names: Sequence[str], replies: Sequence[Any]) -> dict[str, StrategyStats]:
+    def _parse_load(self, names: Sequence[str], replies: Sequence[Any]) -> dict[str, StrategyStats]:
         result: dict[str, StrategyStats] = {}
         for i, name in enumerate(names):
-            counts = _counts_from_hash(replies[2 * i] or {})
-            samples = [decode_sample(raw) for raw in replies[2 * i + 1] or []]
-            result[name] = _stats_from_samples(name, counts, samples)
+            counts = _counts_from_hash(replies[3 * i] or {})
+            samples = [decode_sample(raw) for raw in replies[3 * i + 1] or []]
+            ttfcs = [float(raw) for raw in replies[3 * i + 2] or []]
+            outcomes = [(status, latency) for status, latency, _ in samples]
+            result[name] = _stats_from_samples(name, counts, outcomes, ttfcs, self.window)
         return result
 
     def record(self, name: str, outcome: Outcome) -> None:
@@ -461,10 +491,10 @@ class RedisStore:
         pipe.execute()
 
     async def arecord(self, name: str, outcome: Outcome) -> None:
-        """Async :meth:`record` (uses the sync client when only that was given)."""
+        """Async :meth:`record` (the sync client in a worker thread when only it was given)."""
         client = self._async()
         if client is None:
-            self.record(name, outcome)
+            await asyncio.to_thread(self.record, name, outcome)
             return
         pipe = client.pipeline(transaction=True)
         self._queue_record(pipe, name, outcome)
@@ -477,10 +507,10 @@ class RedisStore:
         return self._parse_load(names, pipe.execute())
 
     async def aload(self, names: Sequence[str]) -> dict[str, StrategyStats]:
-        """Async :meth:`load` (one round trip)."""
+        """Async :meth:`load` (one round trip; in a worker thread when only sync)."""
         client = self._async()
         if client is None:
-            return self.load(names)
+            return await asyncio.to_thread(self.load, names)
         pipe = client.pipeline(transaction=False)
         self._queue_load(pipe, names)
         return self._parse_load(names, await pipe.execute())
@@ -506,3 +536,33 @@ class RedisStore:
         client = self._aclients.pop(loop, None)
         if client is not None:
             await client.aclose()
+
+
+def make_store(
+    kind: str, url: str | None = None, *, window: int = DEFAULT_WINDOW
+) -> MemoryStore | SQLiteStore | RedisStore:
+    """The store a configuration names (``pipeline.store`` and ``pipeline.store_url``).
+
+    Args:
+        kind: ``"memory"``, ``"sqlite"`` or ``"redis"``.
+        url: The SQLite file (default :data:`DEFAULT_SQLITE_PATH`, in the working
+            directory) or the Redis URL (required).
+        window: How many recent attempts to keep per strategy.
+
+    Returns:
+        The store; nothing is connected until its first use (SQLite opens its file).
+
+    Raises:
+        ConfigError: Unknown kind, or redis without a URL.
+    """
+    if kind == "memory":
+        return MemoryStore(window=window)
+    if kind == "sqlite":
+        return SQLiteStore(url or DEFAULT_SQLITE_PATH, window=window)
+    if kind == "redis":
+        if not url:
+            msg = "pipeline.store = 'redis' needs pipeline.store_url (redis://host:port/db)"
+            raise ConfigError(msg)
+        return RedisStore(url, window=window)
+    msg = f"pipeline.store must be 'memory', 'sqlite' or 'redis', got {kind!r}"
+    raise ConfigError(msg)

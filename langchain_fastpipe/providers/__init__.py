@@ -1,6 +1,9 @@
 """Provider adapters: pure payload building and reply parsing for OpenAI and Ollama.
 
 ``get_provider("openai" | "ollama")`` returns the adapter; the chat model does the I/O.
+Also public here: the tool conversions the chat model binds with (:func:`convert_tools`,
+:func:`tool_choice_to_openai`) and the one resolution of a provider's default base URL
+and API key from the environment (:func:`env_base_url`, :func:`env_api_key`).
 """
 
 from __future__ import annotations
@@ -11,8 +14,12 @@ from langchain_fastpipe.providers._base import (
     Provider,
     ProviderName,
     StreamParser,
+    StreamParserBase,
     WarmupRequest,
+    env_api_key,
+    env_base_url,
 )
+from langchain_fastpipe.providers._convert import convert_tools, tool_choice_to_openai
 from langchain_fastpipe.providers._decoders import NDJSONDecoder, SSEDecoder, SSEEvent
 from langchain_fastpipe.providers._ollama import OllamaProvider
 from langchain_fastpipe.providers._openai import OpenAIProvider
@@ -28,8 +35,13 @@ __all__ = [
     "SSEDecoder",
     "SSEEvent",
     "StreamParser",
+    "StreamParserBase",
     "WarmupRequest",
+    "convert_tools",
+    "env_api_key",
+    "env_base_url",
     "get_provider",
+    "tool_choice_to_openai",
 ]
 
 #: The provider names, in the order error messages list them.

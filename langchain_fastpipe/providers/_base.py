@@ -9,9 +9,11 @@ serves sync and async streams.
 from __future__ import annotations
 
 import json
+import os
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 from langchain_core.messages import BaseMessage
 from langchain_core.messages.ai import UsageMetadata
@@ -24,9 +26,18 @@ __all__ = [
     "Provider",
     "ProviderName",
     "StreamParser",
+    "StreamParserBase",
     "WarmupRequest",
+    "env_api_key",
+    "env_base_url",
+    "raise_reply_error",
+    "reply_metadata",
+    "require_mapping",
     "stream_error",
+    "usage_metadata",
 ]
+
+ItemT = TypeVar("ItemT")
 
 #: The providers :func:`langchain_fastpipe.providers.get_provider` knows.
 ProviderName = Literal["openai", "ollama"]
@@ -120,7 +131,17 @@ class Provider(Protocol):
 
     @property
     def default_base_url(self) -> str:
-        """The base URL used when none is configured."""
+        """The base URL used when none is configured (and no environment variable is set)."""
+        ...
+
+    @property
+    def base_url_env(self) -> tuple[str, ...]:
+        """Environment variables naming the base URL, first set wins (may be empty)."""
+        ...
+
+    @property
+    def api_key_env(self) -> tuple[str, ...]:
+        """Environment variables holding the API key for this provider, first set wins."""
         ...
 
     def build_payload(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
@@ -187,3 +208,161 @@ def require_mapping(value: Any, what: str, *, endpoint: str = "") -> Mapping[str
         msg = f"{what}{where} is not a JSON object: {str(value)[:200]!r}"
         raise ProtocolViolationError(msg, endpoint=endpoint)
     return value
+
+
+def raise_reply_error(body: Mapping[str, Any], *, endpoint: str) -> None:
+    """Raise the typed error of a 2xx reply body that carries an ``error`` (else nothing).
+
+    Raises:
+        HTTPStatusError: The body's ``error`` mapped by :func:`stream_error`.
+    """
+    if body.get("error"):
+        raise stream_error(body["error"], endpoint=endpoint)
+
+
+def reply_metadata(
+    provider: str,
+    body: Mapping[str, Any],
+    *,
+    finish_reason: Any = None,
+    keys: Sequence[str] = (),
+) -> dict[str, Any]:
+    """The ``response_metadata`` of a finished reply (JSON or last stream chunk).
+
+    Args:
+        provider: The ``model_provider`` value.
+        body: The reply (or final chunk) object.
+        finish_reason: Set as ``finish_reason`` unless None.
+        keys: More keys of ``body`` copied when they hold an int or a non-empty string
+            (``system_fingerprint``, Ollama's durations).
+
+    Returns:
+        ``{"model_provider", "finish_reason"?, "model_name"?, *keys?}``.
+    """
+    meta: dict[str, Any] = {"model_provider": provider}
+    if finish_reason is not None:
+        meta["finish_reason"] = finish_reason
+    if body.get("model"):
+        meta["model_name"] = body["model"]
+    for key in keys:
+        value = body.get(key)
+        if (isinstance(value, int) and not isinstance(value, bool)) or (
+            isinstance(value, str) and value
+        ):
+            meta[key] = value
+    return meta
+
+
+def env_base_url(provider: Provider, env: Mapping[str, str] | None = None) -> str:
+    """The base URL of ``provider`` when none is given: its env variables, else its default.
+
+    The one place resolving the default URL (used by ChatFastpipe and FastpipeConfig).
+
+    Args:
+        provider: The provider adapter.
+        env: The environment; None reads ``os.environ``.
+
+    Returns:
+        The first non-empty of ``provider.base_url_env``, else ``provider.default_base_url``.
+    """
+    source = os.environ if env is None else env
+    for name in provider.base_url_env:
+        value = source.get(name)
+        if value:
+            return value
+    return provider.default_base_url
+
+
+def env_api_key(provider: Provider, env: Mapping[str, str] | None = None) -> str | None:
+    """The API key of ``provider`` from the environment, or None.
+
+    Only the provider's own variables are read: ``OPENAI_API_KEY`` is never sent to an
+    Ollama (or any non-OpenAI) endpoint.
+
+    Args:
+        provider: The provider adapter.
+        env: The environment; None reads ``os.environ``.
+
+    Returns:
+        The first non-empty of ``provider.api_key_env``, else None.
+    """
+    source = os.environ if env is None else env
+    for name in provider.api_key_env:
+        value = source.get(name)
+        if value:
+            return value
+    return None
+
+
+class _Decoder(Protocol[ItemT]):
+    """What :class:`StreamParserBase` needs of a decoder (SSE or NDJSON)."""
+
+    def feed(self, data: bytes) -> list[ItemT]: ...
+
+    def flush(self) -> list[ItemT]: ...
+
+
+class StreamParserBase(ABC, Generic[ItemT]):
+    """The shared core of the OpenAI and Ollama stream parsers.
+
+    Feeds bytes to a decoder, hands its items to :meth:`_handle`, raises on a stream
+    that ended before its end marker, and gives every ProtocolViolationError (from the
+    decoder or the subclass) the endpoint it came from.
+
+    Subclasses set :attr:`end_marker` (named in the truncation error), implement
+    :meth:`_handle` and set ``self._done`` when the end marker arrives.
+    """
+
+    #: What a complete stream ends with, for the truncation message.
+    end_marker: ClassVar[str] = "its end marker"
+
+    def __init__(self, decoder: _Decoder[ItemT], *, endpoint: str = "") -> None:
+        """Create a parser for one stream from ``endpoint`` (named in errors)."""
+        self._decoder = decoder
+        self._endpoint = endpoint
+        self._done = False
+
+    @property
+    def done(self) -> bool:
+        """Whether the stream's end marker was seen."""
+        return self._done
+
+    def feed(self, data: bytes) -> list[ChatGenerationChunk]:
+        """Decode bytes and return the chunks they complete.
+
+        Raises:
+            ProtocolViolationError: Malformed data (naming the endpoint).
+            HTTPStatusError: The server reported an error inside the stream.
+        """
+        try:
+            return self._handle(self._decoder.feed(data))
+        except ProtocolViolationError as exc:
+            if exc.endpoint or not self._endpoint:
+                raise
+            raise self._located(exc) from exc
+
+    def finish(self) -> list[ChatGenerationChunk]:
+        """End of body: return pending chunks.
+
+        Raises:
+            ProtocolViolationError: The stream ended before its end marker (truncated).
+        """
+        try:
+            chunks = self._handle(self._decoder.flush())
+        except ProtocolViolationError as exc:
+            if exc.endpoint or not self._endpoint:
+                raise
+            raise self._located(exc) from exc
+        if not self.done:
+            where = f" from {self._endpoint}" if self._endpoint else ""
+            msg = f"stream{where} ended before {self.end_marker} (truncated reply)"
+            raise ProtocolViolationError(msg, endpoint=self._endpoint)
+        return chunks
+
+    @abstractmethod
+    def _handle(self, items: list[ItemT]) -> list[ChatGenerationChunk]:
+        """Turn decoded items into chunks, updating ``self._done``."""
+
+    def _located(self, exc: ProtocolViolationError) -> ProtocolViolationError:
+        """A copy of ``exc`` (same type) naming this parser's endpoint."""
+        return type(exc)(f"{exc} (from {self._endpoint})", endpoint=self._endpoint)

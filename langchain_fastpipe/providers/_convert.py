@@ -44,6 +44,18 @@ _OPENAI_DROPPED_BLOCKS = frozenset(
 )
 
 
+#: Roles a ``ChatMessage`` may carry on each wire format.
+_OPENAI_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+_OLLAMA_ROLES = frozenset({"system", "user", "assistant", "tool"})
+
+
+def _check_chat_role(role: str, allowed: frozenset[str]) -> None:
+    """Raise ConfigError for a ChatMessage role the wire format does not know."""
+    if role not in allowed:
+        msg = f"unsupported ChatMessage role {role!r}: use one of {', '.join(sorted(allowed))}"
+        raise ConfigError(msg)
+
+
 def _require_messages(messages: Sequence[BaseMessage]) -> None:
     if not messages:
         msg = "messages must not be empty: pass at least one message to the chat model"
@@ -174,6 +186,7 @@ def _openai_message(message: BaseMessage) -> dict[str, Any]:
     elif isinstance(message, FunctionMessage):
         out = {"role": "function", "content": _text_of(message.content)}
     elif isinstance(message, ChatMessage):
+        _check_chat_role(message.role, _OPENAI_ROLES)
         out = {"role": message.role, "content": _openai_content(message.content, role="chat")}
     else:
         msg = f"unsupported message type {type(message).__name__} (type={message.type!r})"
@@ -264,6 +277,7 @@ def _ollama_message(message: BaseMessage) -> dict[str, Any]:
     elif isinstance(message, FunctionMessage):
         out = {"role": "tool", "content": _text_of(content), "tool_name": message.name}
     elif isinstance(message, ChatMessage):
+        _check_chat_role(message.role, _OLLAMA_ROLES)
         out = {"role": message.role, "content": _text_of(content)}
     else:
         msg = f"unsupported message type {type(message).__name__} (type={message.type!r})"
@@ -308,10 +322,15 @@ def convert_tools(tools: Sequence[Any], *, strict: bool | None = None) -> list[d
     out: list[dict[str, Any]] = []
     for tool in tools:
         try:
-            out.append(convert_to_openai_tool(tool, strict=strict))
+            converted = convert_to_openai_tool(tool, strict=strict)
         except (ValueError, TypeError) as exc:
             msg = f"cannot convert tool {tool!r:.80} to an OpenAI tool: {exc}"
             raise ConfigError(msg) from exc
+        function = converted.get("function")
+        if isinstance(function, Mapping) and not isinstance(function.get("name"), str):
+            msg = f"cannot convert tool {tool!r:.80} to an OpenAI tool: its name is not a string"
+            raise ConfigError(msg)
+        out.append(converted)
     return out
 
 

@@ -11,11 +11,13 @@ from langchain_core.messages import AIMessage, AIMessageChunk
 from langchain_core.messages.tool import ToolCallChunk, tool_call_chunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 
-from langchain_fastpipe.errors import ProtocolViolationError
 from langchain_fastpipe.providers._base import (
     ChatRequest,
     ProviderName,
+    StreamParserBase,
     WarmupRequest,
+    raise_reply_error,
+    reply_metadata,
     require_mapping,
     stream_error,
     usage_metadata,
@@ -108,17 +110,8 @@ def _select_tools(request: ChatRequest) -> list[dict[str, Any]]:
 
 
 def _final_metadata(obj: Mapping[str, Any]) -> dict[str, Any]:
-    meta: dict[str, Any] = {"model_provider": _PROVIDER}
-    if obj.get("model"):
-        meta["model_name"] = obj["model"]
-    if obj.get("done_reason"):
-        meta["finish_reason"] = obj["done_reason"]
-    elif obj.get("done"):
-        meta["finish_reason"] = "stop"
-    for key in _TIMING_KEYS:
-        if isinstance(obj.get(key), int):
-            meta[key] = obj[key]
-    return meta
+    finish_reason = obj.get("done_reason") or ("stop" if obj.get("done") else None)
+    return reply_metadata(_PROVIDER, obj, finish_reason=finish_reason, keys=_TIMING_KEYS)
 
 
 def _usage(obj: Mapping[str, Any]) -> Any:
@@ -172,37 +165,19 @@ def ollama_stream_chunk(
     return chunk, tool_index
 
 
-class OllamaStreamParser:
+class OllamaStreamParser(StreamParserBase[dict[str, Any]]):
     """Bytes of one ``/api/chat`` NDJSON stream in, ``ChatGenerationChunk`` objects out.
 
-    The stream is complete once a line with ``"done": true`` arrived; :meth:`finish`
-    raises ProtocolViolationError otherwise.
+    The stream is complete (:attr:`done`) once a line with ``"done": true`` arrived;
+    :meth:`finish` raises ProtocolViolationError otherwise.
     """
+
+    end_marker = "its done line"
 
     def __init__(self, *, endpoint: str = "") -> None:
         """Create a parser for one stream from ``endpoint`` (named in errors)."""
-        self._decoder = NDJSONDecoder()
-        self._endpoint = endpoint
-        self._done = False
+        super().__init__(NDJSONDecoder(), endpoint=endpoint)
         self._tool_index = 0
-
-    @property
-    def done(self) -> bool:
-        """Whether the ``done`` line was seen."""
-        return self._done
-
-    def feed(self, data: bytes) -> list[ChatGenerationChunk]:
-        """Decode bytes and return the chunks they complete."""
-        return self._handle(self._decoder.feed(data))
-
-    def finish(self) -> list[ChatGenerationChunk]:
-        """End of body: return pending chunks; raise if no ``done`` line arrived."""
-        chunks = self._handle(self._decoder.flush())
-        if not self._done:
-            where = f" from {self._endpoint}" if self._endpoint else ""
-            msg = f"stream{where} ended before its done line (truncated reply)"
-            raise ProtocolViolationError(msg, endpoint=self._endpoint)
-        return chunks
 
     def _handle(self, objs: list[dict[str, Any]]) -> list[ChatGenerationChunk]:
         chunks: list[ChatGenerationChunk] = []
@@ -233,6 +208,16 @@ class OllamaProvider:
     def default_base_url(self) -> str:
         """A local Ollama server."""
         return "http://127.0.0.1:11434"
+
+    @property
+    def base_url_env(self) -> tuple[str, ...]:
+        """None: Ollama's URL is never taken from the OpenAI variables."""
+        return ()
+
+    @property
+    def api_key_env(self) -> tuple[str, ...]:
+        """``FASTPIPE_API_KEY`` only (never ``OPENAI_API_KEY``)."""
+        return ("FASTPIPE_API_KEY",)
 
     def build_payload(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
         """The ``/api/chat`` body: options, keep_alive, tools and ``format``.
@@ -267,8 +252,7 @@ class OllamaProvider:
             ProtocolViolationError: No ``message`` object.
             HTTPStatusError: The body carries an ``error``.
         """
-        if body.get("error"):
-            raise stream_error(body["error"], endpoint=endpoint)
+        raise_reply_error(body, endpoint=endpoint)
         raw = require_mapping(body.get("message"), "reply message", endpoint=endpoint)
         additional: dict[str, Any] = {}
         if isinstance(raw.get("thinking"), str) and raw["thinking"]:

@@ -14,7 +14,10 @@ from langchain_fastpipe.errors import ProtocolViolationError
 from langchain_fastpipe.providers._base import (
     ChatRequest,
     ProviderName,
+    StreamParserBase,
     WarmupRequest,
+    raise_reply_error,
+    reply_metadata,
     require_mapping,
     stream_error,
     usage_metadata,
@@ -51,13 +54,7 @@ def openai_usage(usage: Mapping[str, Any]) -> UsageMetadata:
     return meta
 
 
-def _finish_metadata(body: Mapping[str, Any], finish_reason: Any) -> dict[str, Any]:
-    meta: dict[str, Any] = {"finish_reason": finish_reason}
-    if body.get("model"):
-        meta["model_name"] = body["model"]
-    if body.get("system_fingerprint"):
-        meta["system_fingerprint"] = body["system_fingerprint"]
-    return meta
+_FINISH_KEYS = ("system_fingerprint",)
 
 
 def _tool_call_chunks(raw_calls: Sequence[Any]) -> list[ToolCallChunk]:
@@ -138,7 +135,9 @@ def openai_stream_chunk(obj: Mapping[str, Any]) -> ChatGenerationChunk | None:
     generation_info: dict[str, Any] | None = None
     finish_reason = choice.get("finish_reason")
     if finish_reason:
-        response_metadata.update(_finish_metadata(obj, finish_reason))
+        response_metadata = reply_metadata(
+            _PROVIDER, obj, finish_reason=finish_reason, keys=_FINISH_KEYS
+        )
         generation_info = {"finish_reason": finish_reason}
     message = AIMessageChunk(
         content=content if isinstance(content, str) else "",
@@ -151,37 +150,19 @@ def openai_stream_chunk(obj: Mapping[str, Any]) -> ChatGenerationChunk | None:
     return ChatGenerationChunk(message=message, generation_info=generation_info)
 
 
-class OpenAIStreamParser:
+class OpenAIStreamParser(StreamParserBase[SSEEvent]):
     """Bytes of one Chat Completions SSE stream in, ``ChatGenerationChunk`` objects out.
 
-    The stream counts as complete when ``data: [DONE]`` or a ``finish_reason`` arrived;
-    :meth:`finish` raises ProtocolViolationError otherwise (a truncated stream).
+    The stream counts as complete (:attr:`done`) when ``data: [DONE]`` or a
+    ``finish_reason`` arrived; :meth:`finish` raises ProtocolViolationError otherwise (a
+    truncated stream).
     """
+
+    end_marker = "[DONE] or a finish_reason"
 
     def __init__(self, *, endpoint: str = "") -> None:
         """Create a parser for one stream from ``endpoint`` (named in errors)."""
-        self._decoder = SSEDecoder()
-        self._endpoint = endpoint
-        self._done = False
-        self._finished = False
-
-    @property
-    def done(self) -> bool:
-        """Whether ``[DONE]`` or a finish reason was seen."""
-        return self._done or self._finished
-
-    def feed(self, data: bytes) -> list[ChatGenerationChunk]:
-        """Decode bytes and return the chunks they complete."""
-        return self._handle(self._decoder.feed(data))
-
-    def finish(self) -> list[ChatGenerationChunk]:
-        """End of body: return pending chunks; raise if the stream was cut short."""
-        chunks = self._handle(self._decoder.flush())
-        if not self.done:
-            where = f" from {self._endpoint}" if self._endpoint else ""
-            msg = f"stream{where} ended before [DONE] or a finish_reason (truncated reply)"
-            raise ProtocolViolationError(msg, endpoint=self._endpoint)
-        return chunks
+        super().__init__(SSEDecoder(), endpoint=endpoint)
 
     def _handle(self, events: list[SSEEvent]) -> list[ChatGenerationChunk]:
         chunks: list[ChatGenerationChunk] = []
@@ -199,7 +180,7 @@ class OpenAIStreamParser:
             if chunk is None:
                 continue
             if chunk.generation_info and chunk.generation_info.get("finish_reason"):
-                self._finished = True
+                self._done = True
             chunks.append(chunk)
         return chunks
 
@@ -221,6 +202,16 @@ class OpenAIProvider:
     def default_base_url(self) -> str:
         """OpenAI's public API."""
         return "https://api.openai.com/v1"
+
+    @property
+    def base_url_env(self) -> tuple[str, ...]:
+        """``FASTPIPE_BASE_URL``, then ``OPENAI_BASE_URL``."""
+        return ("FASTPIPE_BASE_URL", "OPENAI_BASE_URL")
+
+    @property
+    def api_key_env(self) -> tuple[str, ...]:
+        """``FASTPIPE_API_KEY``, then ``OPENAI_API_KEY``."""
+        return ("FASTPIPE_API_KEY", "OPENAI_API_KEY")
 
     def build_payload(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
         """The Chat Completions body.
@@ -263,8 +254,7 @@ class OpenAIProvider:
             ProtocolViolationError: No ``choices`` or no ``message``.
             HTTPStatusError: The body carries an ``error`` object.
         """
-        if body.get("error"):
-            raise stream_error(body["error"], endpoint=endpoint)
+        raise_reply_error(body, endpoint=endpoint)
         choices = body.get("choices")
         if not isinstance(choices, list) or not choices:
             msg = f"reply from {endpoint or 'endpoint'} has no choices (keys: {sorted(body)})"
@@ -279,7 +269,9 @@ class OpenAIProvider:
             if isinstance(raw.get(key), str) and raw[key]:
                 additional[key] = raw[key]
         finish_reason = choice.get("finish_reason")
-        response_metadata = {"model_provider": _PROVIDER, **_finish_metadata(body, finish_reason)}
+        response_metadata = reply_metadata(
+            _PROVIDER, body, finish_reason=finish_reason, keys=_FINISH_KEYS
+        )
         content = raw.get("content")
         message = AIMessage(
             content=content if isinstance(content, str) else "",

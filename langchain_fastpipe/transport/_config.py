@@ -171,7 +171,10 @@ def redact_url(url: str) -> str:
 
 
 def _validate_base_url(base_url: object) -> None:
-    """Raise ConfigError unless ``base_url`` is ``http(s)://host[:port][/path]``."""
+    """Raise ConfigError unless ``base_url`` is ``http(s)://host[:port][/path]``.
+
+    The message shows the redacted URL only (no credentials, query or fragment).
+    """
     if not isinstance(base_url, str):
         msg = f"EndpointConfig.base_url must be a str, got {type(base_url).__name__}"
         raise ConfigError(msg)
@@ -187,6 +190,14 @@ def _validate_base_url(base_url: object) -> None:
         raise ConfigError(msg)
     if not parts.hostname:
         msg = f"EndpointConfig.base_url has no host: {shown!r}"
+        raise ConfigError(msg)
+    if "?" in base_url or "#" in base_url:
+        # Paths are appended to base_url, so a query would end up in the middle of the
+        # URL; and a query may hold a key (``?api-key=...``): it is never shown.
+        msg = (
+            f"EndpointConfig.base_url must not have a query or fragment: {shown!r} "
+            "(pass keys as headers, not in the URL)"
+        )
         raise ConfigError(msg)
 
 

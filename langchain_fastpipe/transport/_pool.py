@@ -2,16 +2,25 @@
 
 One :class:`PooledClient` per :class:`EndpointConfig` (``get_pool`` caches them by the
 frozen config). It owns one ``httpx.Client`` for sync calls and one ``httpx.AsyncClient``
-per running event loop, held in a ``WeakKeyDictionary`` keyed by the loop, so
-``asyncio.run()`` twice, pytest's per-test loops, Jupyter and threads each get a client
-bound to their own loop (a client is never used on a loop it was not built on). The SSL
-context is built once per config and shared by every client.
+per event loop, so ``asyncio.run()`` twice, pytest's per-test loops, Jupyter and threads
+each get a client bound to their own loop (a client is never used on a loop it was not
+built on). A client whose loop has closed cannot be closed normally any more: when one is
+found (a new loop asks for a client, or :meth:`PooledClient.close`), its entry is dropped
+and its sockets are closed directly. :func:`aclose_pools` closes the running loop's
+clients of every pool properly; call it before a loop you own ends. The SSL context is
+built once per config and shared by every client.
 
-Each call goes: circuit breaker -> attempt (with transparent replays of streams refused
-by a graceful HTTP/2 GOAWAY) -> on a retryable failure, tenacity retries with full-jitter
-backoff or the server's Retry-After. The first attempt does not touch tenacity, so the
-common path costs one breaker check and one trace object. A stream is retried only until
-its first body byte is handed to the caller; after that a failure raises a typed error.
+Each call goes: circuit breaker -> attempt (with immediate replays of requests whose
+pooled connection turned out to be gone before any response header: graceful HTTP/2
+GOAWAY or the keep-alive race; at most ``GOAWAY_REPLAYS`` per call) -> on a retryable
+failure, up to ``max_retries`` retries after full-jitter backoff or the server's
+Retry-After. A stream is retried only until its first body byte is handed to the caller;
+after that a failure raises a typed error.
+
+The sync and async paths share everything but their I/O lines: a call is prepared once
+(:class:`_Call`), bodies go through :class:`_BodyCap`, failures are classified by
+:meth:`PooledClient._classify`, retry delays come from :func:`_next_delay` and breaker
+outcomes from :func:`_breaker_outcome`.
 """
 
 from __future__ import annotations
@@ -29,13 +38,6 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 import httpx
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-)
 
 from langchain_fastpipe.errors import (
     ConfigError,
@@ -47,7 +49,7 @@ from langchain_fastpipe.errors import (
 from langchain_fastpipe.stats import registry
 from langchain_fastpipe.transport._aiohttp import aiohttp_transport
 from langchain_fastpipe.transport._breaker import CircuitBreaker
-from langchain_fastpipe.transport._config import EndpointConfig
+from langchain_fastpipe.transport._config import EndpointConfig, RetryPolicy
 from langchain_fastpipe.transport._retry import (
     GOAWAY_REPLAYS,
     counts_as_breaker_failure,
@@ -56,11 +58,12 @@ from langchain_fastpipe.transport._retry import (
     map_httpx_error,
     parse_retry_after,
     quotes_header,
+    redact_secrets,
     retry_delay,
 )
 from langchain_fastpipe.transport._stats import EndpointStats, RequestTrace
 
-__all__ = ["PooledClient", "ResponseInfo", "get_pool"]
+__all__ = ["PooledClient", "ResponseInfo", "aclose_pools", "get_pool"]
 
 T = TypeVar("T")
 
@@ -89,7 +92,11 @@ class ResponseInfo:
 
 
 class _AttemptError(Exception):
-    """One attempt failed: the typed error, whether to retry, and the server's wish."""
+    """One attempt failed: the typed error, what it means for retries and the breaker.
+
+    ``alive`` says the endpoint did answer (a status or an oversized body): unless the
+    failure also counts against the breaker, the breaker records a success.
+    """
 
     def __init__(
         self,
@@ -97,13 +104,31 @@ class _AttemptError(Exception):
         *,
         retryable: bool,
         breaker_failure: bool,
+        alive: bool = False,
         retry_after: float | None = None,
     ) -> None:
         super().__init__(str(error))
         self.error = error
         self.retryable = retryable
         self.breaker_failure = breaker_failure
+        self.alive = alive
         self.retry_after = retry_after
+
+
+@dataclass(slots=True)
+class _Call:
+    """One prepared call: what every attempt of it sends, and its running state."""
+
+    method: str
+    url: str
+    content: bytes | None
+    headers: Mapping[str, str]  # as sent
+    secrets: Mapping[str, str] | None  # the caller's headers: kept out of error bodies
+    timeout: httpx.Timeout | None
+    info: ResponseInfo
+    start: float
+    replays: int = 0
+    finished: bool = False  # the reply was read to its end
 
 
 @dataclass
@@ -147,7 +172,7 @@ def _too_large(endpoint: str, limit: int) -> _AttemptError:
     error = ResponseTooLargeError(
         f"{endpoint} sent a reply over max_response_bytes={limit}", endpoint=endpoint
     )
-    return _AttemptError(error, retryable=False, breaker_failure=False)
+    return _AttemptError(error, retryable=False, breaker_failure=False, alive=True)
 
 
 def _declared_too_large(response: httpx.Response, limit: int) -> bool:
@@ -157,20 +182,126 @@ def _declared_too_large(response: httpx.Response, limit: int) -> bool:
 
 
 def _status_failure(
-    response: httpx.Response, body: bytes, endpoint: str, retry_statuses: frozenset[int]
+    response: httpx.Response,
+    body: bytes,
+    endpoint: str,
+    retry_statuses: frozenset[int],
+    secrets: Mapping[str, str] | None,
 ) -> _AttemptError:
-    """The failure for a non-2xx reply, with its Retry-After."""
+    """The failure for a non-2xx reply, with its Retry-After.
+
+    The request's header values (the API key) are removed from the body first: servers
+    and proxies echo them ("Incorrect API key: sk-..."), and the body goes into the
+    error's message and ``body``.
+    """
     retry_after = parse_retry_after(response.headers, now=time.time())
     code = response.status_code
-    error = status_error(
-        code, endpoint=endpoint, body=body.decode("utf-8", "replace"), retry_after=retry_after
-    )
+    text = redact_secrets(body.decode("utf-8", "replace"), secrets)
+    error = status_error(code, endpoint=endpoint, body=text, retry_after=retry_after)
     return _AttemptError(
         error,
         retryable=code in retry_statuses,
         breaker_failure=code >= 500,
+        alive=True,
         retry_after=retry_after,
     )
+
+
+class _BodyCap:
+    """Collects a reply body up to its cap: ``limit`` for 2xx, 64 KiB for error bodies.
+
+    A 2xx body over the cap fails the attempt (ResponseTooLargeError); an error body is
+    simply cut there (``complete`` turns False).
+    """
+
+    __slots__ = ("_cap", "_chunks", "_endpoint", "_size", "complete", "ok")
+
+    def __init__(self, response: httpx.Response, limit: int, endpoint: str) -> None:
+        self.ok = response.status_code < 400
+        self._cap = limit if self.ok else _ERROR_BODY_LIMIT
+        self._endpoint = endpoint
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self.complete = True
+        if self.ok and _declared_too_large(response, self._cap):
+            raise _too_large(endpoint, self._cap)
+
+    def feed(self, chunk: bytes) -> bool:
+        """Add ``chunk``; False once an error body reached the cap (stop reading)."""
+        room = self._cap - self._size
+        self._size += len(chunk)
+        if len(chunk) > room:
+            if self.ok:
+                raise _too_large(self._endpoint, self._cap)
+            self._chunks.append(chunk[:room])
+            self.complete = False
+            return False
+        self._chunks.append(chunk)
+        return True
+
+    def body(self) -> bytes:
+        """The bytes collected."""
+        return b"".join(self._chunks)
+
+
+def _next_delay(
+    policy: RetryPolicy, failed: _AttemptError, retry_index: int, rng: Callable[[], float]
+) -> float | None:
+    """Seconds to wait before retry ``retry_index`` (0-based), or None to give up."""
+    if not failed.retryable or retry_index >= policy.max_retries:
+        return None
+    return retry_delay(policy, retry_index, failed.retry_after, rng)
+
+
+def _breaker_outcome(breaker: CircuitBreaker, failed: _AttemptError) -> Callable[[bool], None]:
+    """What a failed attempt tells the breaker: a failure, a success (alive) or nothing."""
+    if failed.breaker_failure:
+        return breaker.on_failure
+    return breaker.on_success if failed.alive else breaker.on_ignored
+
+
+class _AttemptGuard:
+    """The breaker's view of one attempt (replays included): admitted once, reported once."""
+
+    __slots__ = ("_breaker", "_outcome", "_probe")
+
+    def __init__(self, breaker: CircuitBreaker) -> None:
+        self._breaker = breaker
+        self._probe = breaker.before_call()  # raises CircuitOpenError when open
+        self._outcome: Callable[[bool], None] = breaker.on_ignored
+
+    def succeeded(self) -> None:
+        """The attempt got its reply."""
+        self._outcome = self._breaker.on_success
+
+    def failed(self, failed: _AttemptError) -> None:
+        """The attempt failed for good."""
+        self._outcome = _breaker_outcome(self._breaker, failed)
+
+    def report(self) -> None:
+        """Tell the breaker (cancellations and local errors tell it nothing)."""
+        self._outcome(self._probe)
+
+
+class _Accounting:
+    """Context manager counting one call in flight, then its failure or latency."""
+
+    __slots__ = ("_call", "_stats")
+
+    def __init__(self, stats: EndpointStats, call: _Call) -> None:
+        self._stats = stats
+        self._call = call
+
+    def __enter__(self) -> None:
+        self._stats.enter()
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        stats = self._stats
+        stats.leave()
+        if kind is not None and issubclass(kind, Exception):
+            stats.count_failure()
+        elif kind is None and self._call.finished:
+            stats.latency.record(time.perf_counter() - self._call.start)
 
 
 def _identity(response: httpx.Response) -> bool:
@@ -215,36 +346,90 @@ def _h2_reset_if_open(connection: Any, stream_id: int) -> bool:
     return True
 
 
-async def _aclose_response(response: httpx.Response, *, finished: bool, chunks: Any = None) -> None:
-    """Close a streamed response; an unfinished HTTP/2 stream is reset first.
+def _h2_reset(response: httpx.Response, *, finished: bool) -> Any | None:
+    """Queue a reset for an unfinished HTTP/2 stream; the connection to flush, or None.
 
     Without the reset the server keeps the stream open (and sending), so early-closed
     streams pile up until the connection runs out of stream slots (TRAPS 4). The reset
-    must precede closing ``chunks`` (the started byte iterator), which releases the stream.
+    must be flushed before the started byte iterator is closed (that releases the stream).
     """
-    if not finished and response.http_version == "HTTP/2":
-        target = _h2_stream_target(response)
-        if target is not None and _h2_reset_if_open(*target):
-            connection, _ = target
-            with contextlib.suppress(Exception):
-                # httpcore reads only ``request.extensions["timeout"]`` here.
-                await connection._write_outgoing_data(response.request)
+    if finished or response.http_version != "HTTP/2":
+        return None
+    target = _h2_stream_target(response)
+    if target is None or not _h2_reset_if_open(*target):
+        return None
+    return target[0]
+
+
+async def _aclose_response(response: httpx.Response, *, finished: bool, chunks: Any = None) -> None:
+    """Close a streamed response; an unfinished HTTP/2 stream is reset first."""
+    connection = _h2_reset(response, finished=finished)
+    if connection is not None:
+        with contextlib.suppress(Exception):
+            # httpcore reads only ``request.extensions["timeout"]`` here.
+            await connection._write_outgoing_data(response.request)
     if chunks is not None:
         await chunks.aclose()
     await response.aclose()
 
 
 def _close_response(response: httpx.Response, *, finished: bool, chunks: Any = None) -> None:
-    """Sync twin of :func:`_aclose_response`."""
-    if not finished and response.http_version == "HTTP/2":
-        target = _h2_stream_target(response)
-        if target is not None and _h2_reset_if_open(*target):
-            connection, _ = target
-            with contextlib.suppress(Exception):
-                connection._write_outgoing_data(response.request)
+    """Sync :func:`_aclose_response`."""
+    connection = _h2_reset(response, finished=finished)
+    if connection is not None:
+        with contextlib.suppress(Exception):
+            connection._write_outgoing_data(response.request)
     if chunks is not None:
         chunks.close()
     response.close()
+
+
+def _socket_transports(client: httpx.AsyncClient) -> list[Any]:
+    """The asyncio transports under ``client``'s pooled connections.
+
+    Walks private attributes (httpx client -> httpcore pool -> connection -> AnyIOStream
+    -> anyio TLSStream/SocketStream -> asyncio transport; for the aiohttp engine, the
+    session's connector); returns what it finds, ``[]`` when the layout differs.
+    """
+    found: list[Any] = []
+    transport = getattr(client, "_transport", None)
+    for conn in list(getattr(getattr(transport, "_pool", None), "_connections", None) or ()):
+        stream: Any = getattr(getattr(conn, "_connection", None), "_network_stream", None)
+        for _ in range(4):
+            if stream is None:
+                break
+            raw = getattr(stream, "_transport", None)
+            if raw is not None:
+                found.append(raw)
+                break
+            stream = getattr(stream, "_stream", None) or getattr(stream, "transport_stream", None)
+    session = getattr(transport, "client", None)
+    conns = getattr(getattr(session, "connector", None), "_conns", None)
+    if isinstance(conns, dict):
+        for queue in list(conns.values()):
+            for item in list(queue):
+                proto = item[0] if isinstance(item, tuple) else item
+                raw = getattr(proto, "transport", None)
+                if raw is not None:
+                    found.append(raw)
+    return found
+
+
+def _abort_dead_loop_client(client: httpx.AsyncClient) -> None:
+    """Close the sockets of a client whose event loop is closed (no await possible).
+
+    ``transport.abort()`` marks the transport closing, then fails scheduling its callback
+    on the closed loop; the socket is then closed directly, and forgotten by the
+    transport so its finalizer has nothing left to warn about.
+    """
+    for raw in _socket_transports(client):
+        with contextlib.suppress(Exception):
+            raw.abort()
+        sock = getattr(raw, "_sock", None)
+        if sock is not None:
+            with contextlib.suppress(Exception):
+                sock.close()
+                raw._sock = None
 
 
 def _build_ssl_context(config: EndpointConfig) -> ssl.SSLContext | None:
@@ -318,9 +503,9 @@ class PooledClient:
             keepalive_expiry=limits.keepalive_expiry,
         )
         self._lock = threading.Lock()
-        self._async_clients: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, httpx.AsyncClient
-        ] = weakref.WeakKeyDictionary()
+        # A plain dict: a client refers to its loop (through its connections), so a
+        # WeakKeyDictionary entry would never go away by itself anyway.
+        self._async_clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
         self._sync_client: httpx.Client | None = None
         _LIVE.add(self)
 
@@ -365,15 +550,21 @@ class PooledClient:
         loop = asyncio.get_running_loop()
         client = self._async_clients.get(loop)
         if client is None:
+            self._drop_dead_loops()
             with self._lock:
                 client = self._async_clients.get(loop)
                 if client is None:
-                    for old in [lp for lp in self._async_clients if lp.is_closed()]:
-                        # Its loop is gone: the client can no longer be closed cleanly.
-                        self._async_clients.pop(old, None)
-                    client = self._new_async_client()
-                    self._async_clients[loop] = client
+                    client = self._async_clients[loop] = self._new_async_client()
         return client
+
+    def _drop_dead_loops(self) -> int:
+        """Forget the async clients of closed loops and close their sockets; how many."""
+        with self._lock:
+            dead = [loop for loop in self._async_clients if loop.is_closed()]
+            clients = [self._async_clients.pop(loop) for loop in dead]
+        for client in clients:
+            _abort_dead_loop_client(client)
+        return len(clients)
 
     def _client(self) -> httpx.Client:
         """The shared sync client (created on first use)."""
@@ -409,196 +600,248 @@ class PooledClient:
             return _JSON_HEADERS
         return {**_JSON_HEADERS, **headers}
 
-    # -- attempts and retries -----------------------------------------------------------
+    # -- shared steps of the sync and async paths (no I/O) ------------------------------
 
-    def _fail(self, exc: httpx.HTTPError) -> _AttemptError:
-        """The attempt failure of an httpx exception."""
-        error = map_httpx_error(exc, self.endpoint)
-        # Never chain an exception whose text may quote a header (an API key).
-        error.__cause__ = None if quotes_header(exc) else exc
-        error.__suppress_context__ = True
-        return _AttemptError(
-            error,
-            retryable=is_retryable_httpx_error(exc),
-            breaker_failure=counts_as_breaker_failure(exc),
+    def _prepare(
+        self,
+        method: str,
+        path: str,
+        content: bytes | None,
+        headers: Mapping[str, str] | None,
+        timeout: float | None,
+        info: ResponseInfo | None = None,
+    ) -> _Call:
+        """Everything the attempts of one call send, computed once."""
+        return _Call(
+            method=method,
+            url=self._url(path),
+            content=content,
+            headers=self._headers(headers, json_body=content is not None),
+            secrets=headers,
+            timeout=self._timeout_for(timeout),
+            info=info if info is not None else ResponseInfo(),
+            start=time.perf_counter(),
         )
 
-    def _wait(self, state: RetryCallState) -> float:
-        """Tenacity ``wait``: Retry-After of the last failure, else full-jitter backoff."""
-        outcome = state.outcome
-        exc = outcome.exception() if outcome is not None else None
-        retry_after = exc.retry_after if isinstance(exc, _AttemptError) else None
-        return retry_delay(self.config.retry, state.attempt_number, retry_after, self._rng)
+    @staticmethod
+    def _build(
+        client: httpx.Client | httpx.AsyncClient, call: _Call, hook: Callable[..., Any]
+    ) -> httpx.Request:
+        """The request of one attempt of ``call``, traced by ``hook``."""
+        return client.build_request(
+            call.method, call.url, content=call.content, headers=call.headers,
+            timeout=call.timeout or httpx.USE_CLIENT_DEFAULT, extensions={"trace": hook},
+        )  # fmt: skip
 
-    def _tenacity_kwargs(self) -> dict[str, Any]:
-        """Stop/retry/wait settings shared by the sync and async retry loops."""
-        return {
-            "stop": stop_after_attempt(self.config.retry.max_retries),
-            "retry": retry_if_exception(lambda e: isinstance(e, _AttemptError) and e.retryable),
-            "wait": self._wait,
-            "reraise": True,
-        }
+    def _begin(self, call: _Call) -> RequestTrace:
+        """Count one attempt of ``call``; its trace hook."""
+        call.info.attempts += 1
+        self._stats.count_request()
+        return RequestTrace(self._stats)
 
-    async def _aattempt(
-        self,
-        info: ResponseInfo,
-        op: Callable[[httpx.AsyncClient, RequestTrace], Awaitable[T]],
-        *,
-        keep_client: bool = False,
-    ) -> tuple[T, httpx.AsyncClient | None]:
-        """One attempt through the breaker, replaying graceful-GOAWAY failures.
-
-        Returns:
-            The op's result and, when ``keep_client`` and pooling is off, the fresh client
-            the caller must close.
-        """
-        probe = self.breaker.before_call()
-        outcome = self.breaker.on_ignored
-        stats = self._stats
-        replays = 0
-        try:
-            while True:
-                info.attempts += 1
-                stats.requests += 1
-                trace = RequestTrace(stats)
-                owned = None if self.config.pooling else self._new_async_client()
-                client = owned or self._aclient()
-                try:
-                    result = await op(client, trace)
-                except httpx.HTTPError as exc:
-                    if owned is not None:
-                        await owned.aclose()
-                    if replays < GOAWAY_REPLAYS and is_stale_connection_error(
-                        exc, reused=not trace.opened_connection
-                    ):
-                        replays += 1
-                        stats.replays += 1
-                        stats.retries += 1
-                        continue
-                    failed = self._fail(exc)
-                    outcome = self.breaker.on_failure if failed.breaker_failure else outcome
-                    raise failed from None
-                except _AttemptError as failed:
-                    if owned is not None:
-                        await owned.aclose()
-                    outcome = (
-                        self.breaker.on_failure if failed.breaker_failure
-                        else self.breaker.on_success
-                    )  # fmt: skip
-                    raise
-                except BaseException:
-                    if owned is not None:
-                        await owned.aclose()
-                    raise
-                outcome = self.breaker.on_success
-                if owned is not None and not keep_client:
-                    await owned.aclose()
-                    owned = None
-                return result, owned
-        finally:
-            outcome(probe)
-
-    def _attempt(
-        self,
-        info: ResponseInfo,
-        op: Callable[[httpx.Client, RequestTrace], T],
-        *,
-        keep_client: bool = False,
-    ) -> tuple[T, httpx.Client | None]:
-        """Sync twin of :meth:`_aattempt`."""
-        probe = self.breaker.before_call()
-        outcome = self.breaker.on_ignored
-        stats = self._stats
-        replays = 0
-        try:
-            while True:
-                info.attempts += 1
-                stats.requests += 1
-                trace = RequestTrace(stats)
-                owned = None if self.config.pooling else self._new_sync_client()
-                client = owned or self._client()
-                try:
-                    result = op(client, trace)
-                except httpx.HTTPError as exc:
-                    if owned is not None:
-                        owned.close()
-                    if replays < GOAWAY_REPLAYS and is_stale_connection_error(
-                        exc, reused=not trace.opened_connection
-                    ):
-                        replays += 1
-                        stats.replays += 1
-                        stats.retries += 1
-                        continue
-                    failed = self._fail(exc)
-                    outcome = self.breaker.on_failure if failed.breaker_failure else outcome
-                    raise failed from None
-                except _AttemptError as failed:
-                    if owned is not None:
-                        owned.close()
-                    outcome = (
-                        self.breaker.on_failure if failed.breaker_failure
-                        else self.breaker.on_success
-                    )  # fmt: skip
-                    raise
-                except BaseException:
-                    if owned is not None:
-                        owned.close()
-                    raise
-                outcome = self.breaker.on_success
-                if owned is not None and not keep_client:
-                    owned.close()
-                    owned = None
-                return result, owned
-        finally:
-            outcome(probe)
-
-    async def _arun(self, attempt: Callable[[], Awaitable[T]]) -> T:
-        """Run ``attempt``; on a retryable failure retry it with tenacity."""
-        try:
-            return await attempt()
-        except _AttemptError as failed:
-            if not failed.retryable or self.config.retry.max_retries == 0:
-                raise failed.error from failed.error.__cause__
-            first = failed
-        await self._sleep(retry_delay(self.config.retry, 0, first.retry_after, self._rng))
-        try:
-            async for attempt_state in AsyncRetrying(sleep=self._sleep, **self._tenacity_kwargs()):
-                with attempt_state:
-                    self._stats.retries += 1
-                    return await attempt()
-        except _AttemptError as failed:
-            raise failed.error from failed.error.__cause__
-        raise AssertionError("unreachable: tenacity neither returned nor raised")
-
-    def _run(self, attempt: Callable[[], T]) -> T:
-        """Sync twin of :meth:`_arun`."""
-        try:
-            return attempt()
-        except _AttemptError as failed:
-            if not failed.retryable or self.config.retry.max_retries == 0:
-                raise failed.error from failed.error.__cause__
-            first = failed
-        self._sync_sleep(retry_delay(self.config.retry, 0, first.retry_after, self._rng))
-        try:
-            for attempt_state in Retrying(sleep=self._sync_sleep, **self._tenacity_kwargs()):
-                with attempt_state:
-                    self._stats.retries += 1
-                    return attempt()
-        except _AttemptError as failed:
-            raise failed.error from failed.error.__cause__
-        raise AssertionError("unreachable: tenacity neither returned nor raised")
-
-    def _on_headers(
-        self, response: httpx.Response, info: ResponseInfo, trace: RequestTrace, start: float
-    ) -> None:
-        """Record what the response headers tell (info and stats)."""
+    def _on_headers(self, response: httpx.Response, call: _Call, trace: RequestTrace) -> _BodyCap:
+        """Record what the response headers tell (info, stats); the body's collector."""
         trace.finish()
-        elapsed = time.perf_counter() - start
+        elapsed = time.perf_counter() - call.start
+        info = call.info
         info.status_code = response.status_code
         info.http_version = response.http_version
         info.time_to_headers = elapsed
         self._stats.time_to_headers.record(elapsed)
         self._stats.count_version(response.http_version)
+        return _BodyCap(response, self.config.max_response_bytes, self.endpoint)
+
+    def _status(self, response: httpx.Response, call: _Call, cap: _BodyCap) -> _AttemptError:
+        """The failure of a non-2xx reply whose (capped) body was collected in ``cap``."""
+        return _status_failure(
+            response, cap.body(), self.endpoint, self.config.retry.retry_statuses, call.secrets
+        )
+
+    def _body(self, response: httpx.Response, call: _Call, cap: _BodyCap) -> bytes:
+        """The whole body of a 2xx reply; raises the failure of any other."""
+        if call.info.time_to_first_byte is None:
+            call.info.time_to_first_byte = time.perf_counter() - call.start
+        if not cap.ok:
+            raise self._status(response, call, cap)
+        return cap.body()
+
+    def _typed(self, exc: httpx.HTTPError) -> TransportError:
+        """The typed error of an httpx failure, to raise outside any ``except`` block.
+
+        Its cause is ``exc``, except when ``exc``'s text may quote a request header (an
+        API key): then it has no cause and no context at all.
+        """
+        error = map_httpx_error(exc, self.endpoint)
+        error.__cause__ = None if quotes_header(exc) else exc
+        error.__suppress_context__ = True
+        return error
+
+    def _stream_failure(self, exc: httpx.HTTPError) -> TransportError:
+        """The typed error of a failure after body bytes reached the caller (no retry)."""
+        if counts_as_breaker_failure(exc):
+            self.breaker.on_failure()
+        return self._typed(exc)
+
+    def _classify(
+        self, exc: httpx.HTTPError | _AttemptError, trace: RequestTrace, call: _Call
+    ) -> _AttemptError | None:
+        """None: resend at once (stale pooled connection, replays left); else the failure.
+
+        A stale-connection failure left over once the call's replays are spent is an
+        ordinary retryable failure, but never a breaker failure: the endpoint is alive,
+        it is recycling connections.
+        """
+        if isinstance(exc, _AttemptError):
+            return exc
+        stale = is_stale_connection_error(
+            exc,
+            reused=not trace.opened_connection,
+            headers_received=trace.headers_received,
+            multiplexed=trace.multiplexed,
+        )
+        if stale and call.replays < GOAWAY_REPLAYS:
+            call.replays += 1
+            self._stats.count_retry(replay=True)
+            return None
+        breaker_failure = not stale and counts_as_breaker_failure(
+            exc, headers_received=trace.headers_received
+        )
+        return _AttemptError(
+            self._typed(exc),
+            retryable=stale or is_retryable_httpx_error(exc),
+            breaker_failure=breaker_failure,
+        )
+
+    def _after_failure(
+        self, exc: BaseException, trace: RequestTrace, call: _Call, guard: _AttemptGuard
+    ) -> None:
+        """Return to resend at once (stale connection); else raise the attempt's failure.
+
+        Anything but an httpx error or an attempt failure (cancellation, a bug) is
+        re-raised as it is.
+        """
+        if not isinstance(exc, (httpx.HTTPError, _AttemptError)):
+            raise exc
+        failed = self._classify(exc, trace, call)
+        if failed is None:
+            return
+        guard.failed(failed)
+        raise failed from None
+
+    def _accounted(self, call: _Call) -> _Accounting:
+        """Count ``call`` in flight; at its end count a failure, or its latency if finished.
+
+        An early close (break, cancellation) is neither.
+        """
+        return _Accounting(self._stats, call)
+
+    # -- attempts and retries: only the I/O lines differ --------------------------------
+
+    async def _arun(
+        self,
+        call: _Call,
+        op: Callable[[httpx.AsyncClient, RequestTrace], Awaitable[T]],
+        *,
+        keep_client: bool = False,
+    ) -> tuple[T, httpx.AsyncClient | None]:
+        """Run ``op`` until it succeeds or fails for good (retries after backoff).
+
+        Returns:
+            The op's result and, when ``keep_client`` and pooling is off, the fresh client
+            the caller must close.
+
+        Raises:
+            TransportError: The typed error of the last failure (or CircuitOpenError).
+        """
+        retry_index = 0
+        while True:
+            try:
+                return await self._aattempt(call, op, keep_client=keep_client)
+            except _AttemptError as exc:
+                failed = exc
+            delay = _next_delay(self.config.retry, failed, retry_index, self._rng)
+            if delay is None:
+                raise failed.error
+            await self._sleep(delay)
+            retry_index += 1
+            self._stats.count_retry()
+
+    def _run(
+        self,
+        call: _Call,
+        op: Callable[[httpx.Client, RequestTrace], T],
+        *,
+        keep_client: bool = False,
+    ) -> tuple[T, httpx.Client | None]:
+        """Sync :meth:`_arun`."""
+        retry_index = 0
+        while True:
+            try:
+                return self._attempt(call, op, keep_client=keep_client)
+            except _AttemptError as exc:
+                failed = exc
+            delay = _next_delay(self.config.retry, failed, retry_index, self._rng)
+            if delay is None:
+                raise failed.error
+            self._sync_sleep(delay)
+            retry_index += 1
+            self._stats.count_retry()
+
+    async def _aattempt(
+        self,
+        call: _Call,
+        op: Callable[[httpx.AsyncClient, RequestTrace], Awaitable[T]],
+        *,
+        keep_client: bool,
+    ) -> tuple[T, httpx.AsyncClient | None]:
+        """One attempt through the breaker, with immediate stale-connection replays."""
+        guard = _AttemptGuard(self.breaker)
+        try:
+            while True:
+                trace = self._begin(call)
+                owned = None if self.config.pooling else self._new_async_client()
+                try:
+                    result = await op(owned or self._aclient(), trace)
+                except BaseException as exc:
+                    if owned is not None:
+                        await owned.aclose()
+                    self._after_failure(exc, trace, call, guard)
+                    continue
+                guard.succeeded()
+                if owned is not None and not keep_client:
+                    await owned.aclose()
+                    owned = None
+                return result, owned
+        finally:
+            guard.report()
+
+    def _attempt(
+        self,
+        call: _Call,
+        op: Callable[[httpx.Client, RequestTrace], T],
+        *,
+        keep_client: bool,
+    ) -> tuple[T, httpx.Client | None]:
+        """Sync :meth:`_aattempt`."""
+        guard = _AttemptGuard(self.breaker)
+        try:
+            while True:
+                trace = self._begin(call)
+                owned = None if self.config.pooling else self._new_sync_client()
+                try:
+                    result = op(owned or self._client(), trace)
+                except BaseException as exc:
+                    if owned is not None:
+                        owned.close()
+                    self._after_failure(exc, trace, call, guard)
+                    continue
+                guard.succeeded()
+                if owned is not None and not keep_client:
+                    owned.close()
+                    owned = None
+                return result, owned
+        finally:
+            guard.report()
 
     # -- JSON requests ------------------------------------------------------------------
 
@@ -613,57 +856,24 @@ class PooledClient:
         parse: bool = True,
     ) -> tuple[Any, ResponseInfo]:
         """Send a request, read its whole (bounded) body, retry when allowed."""
-        info = ResponseInfo()
-        url = self._url(path)
-        hdrs = self._headers(headers, json_body=content is not None)
-        call_timeout = self._timeout_for(timeout)
-        limit = self.config.max_response_bytes
-        retry_statuses = self.config.retry.retry_statuses
-        endpoint = self.endpoint
-        start = time.perf_counter()
+        call = self._prepare(method, path, content, headers, timeout)
 
         async def op(client: httpx.AsyncClient, trace: RequestTrace) -> bytes:
-            request = client.build_request(
-                method, url, content=content, headers=hdrs,
-                timeout=call_timeout or httpx.USE_CLIENT_DEFAULT,
-                extensions={"trace": trace.atrace},
-            )  # fmt: skip
-            response = await client.send(request, stream=True)
+            response = await client.send(self._build(client, call, trace.atrace), stream=True)
             try:
-                self._on_headers(response, info, trace, start)
-                ok = response.status_code < 400
-                cap = limit if ok else _ERROR_BODY_LIMIT
-                if ok and _declared_too_large(response, cap):
-                    raise _too_large(endpoint, cap)
-                chunks: list[bytes] = []
-                size = 0
+                cap = self._on_headers(response, call, trace)
                 async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > cap:
-                        if ok:
-                            raise _too_large(endpoint, cap)
+                    if not cap.feed(chunk):
                         break
-                    chunks.append(chunk)
-                body = b"".join(chunks)
-                if info.time_to_first_byte is None:
-                    info.time_to_first_byte = time.perf_counter() - start
-                if not ok:
-                    raise _status_failure(response, body, endpoint, retry_statuses)
-                return body
+                return self._body(response, call, cap)
             finally:
                 await response.aclose()
 
-        self._stats.enter()
-        try:
-            body, _ = await self._arun(lambda: self._aattempt(info, op))
-            data: Any = decode_json_object(body, endpoint) if parse else body
-        except Exception:
-            self._stats.failures += 1
-            raise
-        finally:
-            self._stats.leave()
-        self._stats.latency.record(time.perf_counter() - start)
-        return data, info
+        with self._accounted(call):
+            body, _ = await self._arun(call, op)
+            data: Any = decode_json_object(body, self.endpoint) if parse else body
+            call.finished = True
+        return data, call.info
 
     def _request_json(
         self,
@@ -675,58 +885,25 @@ class PooledClient:
         *,
         parse: bool = True,
     ) -> tuple[Any, ResponseInfo]:
-        """Sync twin of :meth:`_arequest_json`."""
-        info = ResponseInfo()
-        url = self._url(path)
-        hdrs = self._headers(headers, json_body=content is not None)
-        call_timeout = self._timeout_for(timeout)
-        limit = self.config.max_response_bytes
-        retry_statuses = self.config.retry.retry_statuses
-        endpoint = self.endpoint
-        start = time.perf_counter()
+        """Sync :meth:`_arequest_json`."""
+        call = self._prepare(method, path, content, headers, timeout)
 
         def op(client: httpx.Client, trace: RequestTrace) -> bytes:
-            request = client.build_request(
-                method, url, content=content, headers=hdrs,
-                timeout=call_timeout or httpx.USE_CLIENT_DEFAULT,
-                extensions={"trace": trace.trace},
-            )  # fmt: skip
-            response = client.send(request, stream=True)
+            response = client.send(self._build(client, call, trace.trace), stream=True)
             try:
-                self._on_headers(response, info, trace, start)
-                ok = response.status_code < 400
-                cap = limit if ok else _ERROR_BODY_LIMIT
-                if ok and _declared_too_large(response, cap):
-                    raise _too_large(endpoint, cap)
-                chunks: list[bytes] = []
-                size = 0
+                cap = self._on_headers(response, call, trace)
                 for chunk in response.iter_bytes():
-                    size += len(chunk)
-                    if size > cap:
-                        if ok:
-                            raise _too_large(endpoint, cap)
+                    if not cap.feed(chunk):
                         break
-                    chunks.append(chunk)
-                body = b"".join(chunks)
-                if info.time_to_first_byte is None:
-                    info.time_to_first_byte = time.perf_counter() - start
-                if not ok:
-                    raise _status_failure(response, body, endpoint, retry_statuses)
-                return body
+                return self._body(response, call, cap)
             finally:
                 response.close()
 
-        self._stats.enter()
-        try:
-            body, _ = self._run(lambda: self._attempt(info, op))
-            data: Any = decode_json_object(body, endpoint) if parse else body
-        except Exception:
-            self._stats.failures += 1
-            raise
-        finally:
-            self._stats.leave()
-        self._stats.latency.record(time.perf_counter() - start)
-        return data, info
+        with self._accounted(call):
+            body, _ = self._run(call, op)
+            data: Any = decode_json_object(body, self.endpoint) if parse else body
+            call.finished = True
+        return data, call.info
 
     async def apost_json(
         self,
@@ -848,73 +1025,54 @@ class PooledClient:
         Yields:
             Decoded (not decompressed-twice) body bytes, in the server's chunking.
         """
-        info = info if info is not None else ResponseInfo()
-        content = encode_payload(payload)
-        url = self._url(path)
-        hdrs = self._headers(headers, json_body=True)
-        call_timeout = self._timeout_for(timeout)
-        retry_statuses = self.config.retry.retry_statuses
-        endpoint = self.endpoint
-        start = time.perf_counter()
+        call = self._prepare("POST", path, encode_payload(payload), headers, timeout, info)
 
         async def op(client: httpx.AsyncClient, trace: RequestTrace) -> _OpenStream:
-            request = client.build_request(
-                "POST", url, content=content, headers=hdrs,
-                timeout=call_timeout or httpx.USE_CLIENT_DEFAULT,
-                extensions={"trace": trace.atrace},
-            )  # fmt: skip
-            response = await client.send(request, stream=True)
+            response = await client.send(self._build(client, call, trace.atrace), stream=True)
             finished = False
             try:
-                self._on_headers(response, info, trace, start)
-                if response.status_code >= 400:
-                    body = await response.aread()
-                    finished = True
-                    raise _status_failure(response, body[:_ERROR_BODY_LIMIT], endpoint,
-                                          retry_statuses)  # fmt: skip
+                cap = self._on_headers(response, call, trace)
+                if not cap.ok:
+                    async for chunk in response.aiter_bytes():
+                        if not cap.feed(chunk):
+                            break
+                    finished = cap.complete
+                    raise self._status(response, call, cap)
                 chunks = response.aiter_raw() if _identity(response) else response.aiter_bytes()
-                try:
-                    first: bytes | None = await chunks.__anext__()
-                except StopAsyncIteration:
-                    first, finished = None, True
-                info.time_to_first_byte = time.perf_counter() - start
+                first = await anext(chunks, None)
+                finished = first is None
+                call.info.time_to_first_byte = time.perf_counter() - call.start
                 return _OpenStream(response, chunks, first)
             except BaseException:
                 await _aclose_response(response, finished=finished)
                 raise
 
-        self._stats.enter()
-        opened: _OpenStream | None = None
-        owned: httpx.AsyncClient | None = None
-        finished = False
-        failed = False
-        try:
-            started, owned = await self._arun(lambda: self._aattempt(info, op, keep_client=True))
-            opened = started
-            if started.first is None:
-                finished = True
-            else:
-                if started.first:
-                    yield started.first
-                try:
-                    async for chunk in started.chunks:
-                        yield chunk
-                except httpx.HTTPError as exc:
-                    if counts_as_breaker_failure(exc):
-                        self.breaker.on_failure()
-                    raise map_httpx_error(exc, endpoint) from exc
-                finished = True
-        except Exception:
-            failed = True
-            raise
-        finally:
+        with self._accounted(call):
+            opened: _OpenStream | None = None
+            owned: httpx.AsyncClient | None = None
             try:
+                started, owned = await self._arun(call, op, keep_client=True)
+                opened = started
+                call.finished = started.first is None
+                if not call.finished:
+                    if started.first:
+                        yield started.first
+                    cut: TransportError | None = None
+                    try:
+                        async for chunk in started.chunks:
+                            yield chunk
+                    except httpx.HTTPError as exc:
+                        cut = self._stream_failure(exc)
+                    if cut is not None:
+                        raise cut
+                    call.finished = True
+            finally:
                 if opened is not None:
-                    await _aclose_response(opened.response, finished=finished, chunks=opened.chunks)
+                    await _aclose_response(
+                        opened.response, finished=call.finished, chunks=opened.chunks
+                    )
                 if owned is not None:
                     await owned.aclose()
-            finally:
-                self._finish_stream(start, finished=finished, failed=failed)
 
     def stream(
         self,
@@ -926,89 +1084,57 @@ class PooledClient:
         info: ResponseInfo | None = None,
     ) -> Iterator[bytes]:
         """Sync :meth:`astream`: a generator of body byte chunks, same guarantees."""
-        info = info if info is not None else ResponseInfo()
-        content = encode_payload(payload)
-        url = self._url(path)
-        hdrs = self._headers(headers, json_body=True)
-        call_timeout = self._timeout_for(timeout)
-        retry_statuses = self.config.retry.retry_statuses
-        endpoint = self.endpoint
-        start = time.perf_counter()
+        call = self._prepare("POST", path, encode_payload(payload), headers, timeout, info)
 
         def op(client: httpx.Client, trace: RequestTrace) -> _OpenStream:
-            request = client.build_request(
-                "POST", url, content=content, headers=hdrs,
-                timeout=call_timeout or httpx.USE_CLIENT_DEFAULT,
-                extensions={"trace": trace.trace},
-            )  # fmt: skip
-            response = client.send(request, stream=True)
+            response = client.send(self._build(client, call, trace.trace), stream=True)
             finished = False
             try:
-                self._on_headers(response, info, trace, start)
-                if response.status_code >= 400:
-                    body = response.read()
-                    finished = True
-                    raise _status_failure(response, body[:_ERROR_BODY_LIMIT], endpoint,
-                                          retry_statuses)  # fmt: skip
+                cap = self._on_headers(response, call, trace)
+                if not cap.ok:
+                    for chunk in response.iter_bytes():
+                        if not cap.feed(chunk):
+                            break
+                    finished = cap.complete
+                    raise self._status(response, call, cap)
                 chunks = response.iter_raw() if _identity(response) else response.iter_bytes()
-                try:
-                    first: bytes | None = next(chunks)
-                except StopIteration:
-                    first, finished = None, True
-                info.time_to_first_byte = time.perf_counter() - start
+                first = next(chunks, None)
+                finished = first is None
+                call.info.time_to_first_byte = time.perf_counter() - call.start
                 return _OpenStream(response, chunks, first)
             except BaseException:
                 _close_response(response, finished=finished)
                 raise
 
-        return self._stream_body(op, info, start)
+        return self._stream_body(call, op)
 
     def _stream_body(
-        self,
-        op: Callable[[httpx.Client, RequestTrace], _OpenStream],
-        info: ResponseInfo,
-        start: float,
+        self, call: _Call, op: Callable[[httpx.Client, RequestTrace], _OpenStream]
     ) -> Iterator[bytes]:
         """The generator behind :meth:`stream` (validation above runs eagerly)."""
-        self._stats.enter()
-        opened: _OpenStream | None = None
-        owned: httpx.Client | None = None
-        finished = False
-        failed = False
-        try:
-            started, owned = self._run(lambda: self._attempt(info, op, keep_client=True))
-            opened = started
-            if started.first is None:
-                finished = True
-            else:
-                if started.first:
-                    yield started.first
-                try:
-                    yield from started.chunks
-                except httpx.HTTPError as exc:
-                    if counts_as_breaker_failure(exc):
-                        self.breaker.on_failure()
-                    raise map_httpx_error(exc, self.endpoint) from exc
-                finished = True
-        except Exception:
-            failed = True
-            raise
-        finally:
+        with self._accounted(call):
+            opened: _OpenStream | None = None
+            owned: httpx.Client | None = None
             try:
+                started, owned = self._run(call, op, keep_client=True)
+                opened = started
+                call.finished = started.first is None
+                if not call.finished:
+                    if started.first:
+                        yield started.first
+                    cut: TransportError | None = None
+                    try:
+                        yield from started.chunks
+                    except httpx.HTTPError as exc:
+                        cut = self._stream_failure(exc)
+                    if cut is not None:
+                        raise cut
+                    call.finished = True
+            finally:
                 if opened is not None:
-                    _close_response(opened.response, finished=finished, chunks=opened.chunks)
+                    _close_response(opened.response, finished=call.finished, chunks=opened.chunks)
                 if owned is not None:
                     owned.close()
-            finally:
-                self._finish_stream(start, finished=finished, failed=failed)
-
-    def _finish_stream(self, start: float, *, finished: bool, failed: bool) -> None:
-        """Account for a stream's end: failure, completion, or an early close (neither)."""
-        self._stats.leave()
-        if failed:
-            self._stats.failures += 1
-        elif finished:
-            self._stats.latency.record(time.perf_counter() - start)
 
     # -- warm-up, stats, closing --------------------------------------------------------
 
@@ -1029,13 +1155,16 @@ class PooledClient:
 
         async def one() -> None:
             trace = RequestTrace(self._stats)
-            self._stats.requests += 1
+            self._stats.count_request()
             try:
                 response = await client.get(self._base, extensions={"trace": trace.atrace})
             except httpx.HTTPError as exc:
-                raise map_httpx_error(exc, self.endpoint) from exc
-            trace.finish()
-            self._stats.count_version(response.http_version)
+                error = self._typed(exc)
+            else:
+                trace.finish()
+                self._stats.count_version(response.http_version)
+                return
+            raise error
 
         await asyncio.gather(*(one() for _ in range(n)))
 
@@ -1046,39 +1175,49 @@ class PooledClient:
         client = self._client()
         for _ in range(n):
             trace = RequestTrace(self._stats)
-            self._stats.requests += 1
+            self._stats.count_request()
             try:
                 response = client.get(self._base, extensions={"trace": trace.trace})
             except httpx.HTTPError as exc:
-                raise map_httpx_error(exc, self.endpoint) from exc
-            trace.finish()
-            self._stats.count_version(response.http_version)
+                error = self._typed(exc)
+            else:
+                trace.finish()
+                self._stats.count_version(response.http_version)
+                continue
+            raise error
 
     def stats(self) -> dict[str, Any]:
         """This endpoint's statistics (JSON-serializable), breaker state included."""
         return self._stats.snapshot(self.breaker.snapshot())
 
-    async def aclose(self) -> None:
-        """Close the async client of the running loop (and the sync client).
+    async def aclose_loop(self) -> None:
+        """Close the async client of the running loop (and forget those of closed loops).
 
-        The pool stays usable: the next call opens new connections.
+        The pool stays usable: the next call on this loop opens new connections.
         """
         loop = asyncio.get_running_loop()
         with self._lock:
             client = self._async_clients.pop(loop, None)
+        self._drop_dead_loops()
         if client is not None:
             await client.aclose()
+
+    async def aclose(self) -> None:
+        """Close the async client of the running loop, and the sync client.
+
+        The pool stays usable: the next call opens new connections.
+        """
+        await self.aclose_loop()
         self.close()
 
     def close(self) -> None:
-        """Close the sync client and forget async clients of closed loops.
+        """Close the sync client; drop async clients of closed loops, closing their sockets.
 
         The pool stays usable: the next call opens new connections.
         """
         with self._lock:
             client, self._sync_client = self._sync_client, None
-            for old in [lp for lp in self._async_clients if lp.is_closed()]:
-                self._async_clients.pop(old, None)
+        self._drop_dead_loops()
         if client is not None:
             client.close()
 
@@ -1110,6 +1249,17 @@ def get_pool(config: EndpointConfig) -> PooledClient:
             if pool is None:
                 pool = _POOLS[config] = PooledClient(config)
     return pool
+
+
+async def aclose_pools() -> None:
+    """Close every pool's async client of the running event loop.
+
+    Await it before a loop you own ends (after ``asyncio.run(...)``'s work, a worker
+    thread's loop, a warm-up loop): the connections are then closed cleanly instead of
+    being left to a loop that no longer runs. Pools stay usable.
+    """
+    for pool in list(_LIVE):
+        await pool.aclose_loop()
 
 
 def pools_snapshot() -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Pure retry decisions: which failures are retried, how long to wait, error mapping.
 
 Nothing here does I/O; :mod:`langchain_fastpipe.transport._pool` drives the loop (with
-tenacity, an injectable sleep and RNG) and asks these functions what to do.
+an injectable sleep and RNG) and asks these functions what to do.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ __all__ = [
     "is_stale_connection_error",
     "map_httpx_error",
     "parse_retry_after",
+    "redact_secrets",
     "retry_delay",
 ]
 
@@ -37,8 +38,21 @@ _GRACEFUL_GOAWAY: Final = re.compile(
     r"ConnectionTerminated error_code:(?:ErrorCodes\.)?(?:NO_ERROR|0)\b"
 )
 
-#: Stale-connection replays allowed per attempt (they do not count against max_retries).
-GOAWAY_REPLAYS: Final = 3
+#: Stale-connection replays allowed per call, over all its attempts (they do not count
+#: against max_retries; once spent, a stale failure is an ordinary retryable failure).
+GOAWAY_REPLAYS: Final = 5
+
+#: Failures meaning the peer closed or broke the connection.
+_PEER_CLOSED: Final = (
+    httpx.ReadError,
+    httpx.WriteError,
+    httpx.RemoteProtocolError,
+    httpx.CloseError,
+)
+
+_REDACTED: Final = "[redacted]"
+#: Header values shorter than this are not treated as secrets (``json``, ``1``, ...).
+_MIN_SECRET_LEN: Final = 8
 
 
 def parse_retry_after(headers: Mapping[str, str], *, now: float) -> float | None:
@@ -125,19 +139,29 @@ def is_graceful_goaway(exc: BaseException) -> bool:
     return _GRACEFUL_GOAWAY.search(str(exc)) is not None
 
 
-def is_stale_connection_error(exc: BaseException, *, reused: bool) -> bool:
+def is_stale_connection_error(
+    exc: BaseException, *, reused: bool, headers_received: bool = False, multiplexed: bool = False
+) -> bool:
     """Whether ``exc`` means a pooled connection was already gone (safe to resend at once).
 
-    A graceful GOAWAY always is. A read/write error or a disconnect on a *reused*
-    connection (one this request did not open) is the classic keep-alive race: the server
-    closed it (GOAWAY, idle timeout, ``Connection: close``) while we picked it from the
-    pool. A fresh connection failing the same way is a real failure instead.
+    A graceful GOAWAY always is. A read/write error or a disconnect before any response
+    header arrived, on a connection other requests used too, is the classic keep-alive
+    race: the server closed it (GOAWAY, idle timeout, ``Connection: close``) while this
+    request was put on it. "Used too" means *reused* (this request did not open it) or
+    *multiplexed* (HTTP/2: concurrent streams share even a brand-new connection, and the
+    server counts them all towards its GOAWAY). Once headers arrived the server did take
+    the request (a 200 stream cut by RST_STREAM is a real failure), and an HTTP/1.1
+    connection this request opened failing the same way is a real failure too.
+
+    Args:
+        exc: The failure.
+        reused: Whether the request went out on a pooled (not freshly opened) connection.
+        headers_received: Whether the response headers had arrived.
+        multiplexed: Whether the request went out over HTTP/2.
     """
     if is_graceful_goaway(exc):
         return True
-    return reused and isinstance(
-        exc, (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError, httpx.CloseError)
-    )
+    return (reused or multiplexed) and not headers_received and isinstance(exc, _PEER_CLOSED)
 
 
 def is_retryable_httpx_error(exc: httpx.HTTPError) -> bool:
@@ -160,9 +184,20 @@ def is_retryable_httpx_error(exc: httpx.HTTPError) -> bool:
     )
 
 
-def counts_as_breaker_failure(exc: httpx.HTTPError) -> bool:
-    """Whether the breaker counts ``exc`` as a failure (connect errors and timeouts)."""
+def counts_as_breaker_failure(exc: httpx.HTTPError, *, headers_received: bool = False) -> bool:
+    """Whether the breaker counts ``exc`` as a failure (connect errors and timeouts).
+
+    A connection the peer closed after the response headers arrived (read/write error,
+    disconnect) does not count: the endpoint answered, it only dropped the connection
+    (typically a GOAWAY or a connection-recycling proxy). A timeout always counts.
+
+    Args:
+        exc: The failure.
+        headers_received: Whether the response headers had arrived.
+    """
     if is_graceful_goaway(exc):
+        return False
+    if headers_received and isinstance(exc, _PEER_CLOSED):
         return False
     return isinstance(exc, (httpx.TransportError,)) and not isinstance(
         exc, (httpx.LocalProtocolError, httpx.UnsupportedProtocol, httpx.DecodingError)
@@ -208,3 +243,31 @@ def map_httpx_error(exc: httpx.HTTPError, endpoint: str) -> TransportError:
 def quotes_header(exc: BaseException) -> bool:
     """Whether ``exc``'s text may quote a request header value (h11/h2 validation errors)."""
     return isinstance(exc, httpx.LocalProtocolError) and "header" in str(exc).lower()
+
+
+def redact_secrets(text: str, headers: Mapping[str, str] | None) -> str:
+    """``text`` with every request header value (and its token part) replaced.
+
+    Servers and proxies echo request headers, or say "Incorrect API key: sk-...", in error
+    bodies; those bodies end up in exception messages and logs. Each header value of at
+    least 8 characters is removed, and so is the token of ``<scheme> <token>`` values
+    (``Bearer sk-...``).
+
+    Args:
+        text: An error body (or any text from the server).
+        headers: The request headers the caller supplied.
+
+    Returns:
+        The text with those values replaced by ``[redacted]``.
+    """
+    if not headers or not text:
+        return text
+    secrets: set[str] = set()
+    for value in headers.values():
+        value = value.strip()
+        for candidate in (value, value.rpartition(" ")[2]):
+            if len(candidate) >= _MIN_SECRET_LEN:
+                secrets.add(candidate)
+    for secret in sorted(secrets, key=len, reverse=True):  # "Bearer sk-x" before "sk-x"
+        text = text.replace(secret, _REDACTED)
+    return text

@@ -1,7 +1,8 @@
 """Per-endpoint statistics of the pooled transport, and the per-request trace hook.
 
-Counters are plain ints updated on the event loop thread (or under the GIL from sync
-callers); latency distributions are :class:`~langchain_fastpipe.stats.Histogram`.
+Counters are ints changed only under a small lock (one pool serves sync callers in many
+threads and async callers on several event loops at once, and ``x += 1`` is not atomic);
+latency distributions are :class:`~langchain_fastpipe.stats.Histogram` (locked too).
 
 ``connections_opened`` and ``pool_wait`` come from httpcore's ``trace`` request
 extension: one small callback per trace event (a handful per request), nothing per body
@@ -14,6 +15,7 @@ client-side work.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -50,6 +52,7 @@ class EndpointStats:
     def __init__(self, endpoint: str) -> None:
         """Create zeroed statistics for ``endpoint`` (the redacted URL)."""
         self.endpoint = endpoint
+        self._lock = threading.Lock()
         self.requests = 0
         self.failures = 0
         self.retries = 0
@@ -64,32 +67,60 @@ class EndpointStats:
 
     def enter(self) -> None:
         """Count a call starting."""
-        self.in_flight += 1
-        if self.in_flight > self.peak_in_flight:
-            self.peak_in_flight = self.in_flight
+        with self._lock:
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
 
     def leave(self) -> None:
         """Count a call finishing (successfully or not)."""
-        self.in_flight -= 1
+        with self._lock:
+            self.in_flight -= 1
+
+    def count_request(self) -> None:
+        """Count one request sent (an attempt, a replay or a warm-up request)."""
+        with self._lock:
+            self.requests += 1
+
+    def count_retry(self, *, replay: bool = False) -> None:
+        """Count one attempt after the first; ``replay`` marks a stale-connection resend."""
+        with self._lock:
+            self.retries += 1
+            if replay:
+                self.replays += 1
+
+    def count_failure(self) -> None:
+        """Count one call that ended in an error for the caller."""
+        with self._lock:
+            self.failures += 1
+
+    def count_connection(self) -> None:
+        """Count one TCP connection opened."""
+        with self._lock:
+            self.connections_opened += 1
 
     def count_version(self, version: str) -> None:
         """Count one reply over ``version``."""
-        self.http_versions[version] = self.http_versions.get(version, 0) + 1
+        with self._lock:
+            self.http_versions[version] = self.http_versions.get(version, 0) + 1
 
     def snapshot(self, breaker: dict[str, Any] | None = None) -> dict[str, Any]:
         """A JSON-serializable snapshot, with the breaker's state when given."""
-        requests = self.requests
+        with self._lock:
+            requests = self.requests
+            counters = {
+                "endpoint": self.endpoint,
+                "requests": requests,
+                "failures": self.failures,
+                "retries": self.retries,
+                "replays": self.replays,
+                "connections_opened": self.connections_opened,
+                "reuse_ratio": (1.0 - self.connections_opened / requests) if requests else None,
+                "http_versions": dict(self.http_versions),
+                "in_flight": self.in_flight,
+                "peak_in_flight": self.peak_in_flight,
+            }
         return {
-            "endpoint": self.endpoint,
-            "requests": requests,
-            "failures": self.failures,
-            "retries": self.retries,
-            "replays": self.replays,
-            "connections_opened": self.connections_opened,
-            "reuse_ratio": (1.0 - self.connections_opened / requests) if requests else None,
-            "http_versions": dict(self.http_versions),
-            "in_flight": self.in_flight,
-            "peak_in_flight": self.peak_in_flight,
+            **counters,
             "latency": self.latency.snapshot(),
             "time_to_headers": self.time_to_headers.snapshot(),
             "pool_wait": self.pool_wait.snapshot(),
@@ -106,6 +137,10 @@ class RequestTrace:
     Attributes:
         opened_connection: Whether this attempt opened a new connection (False: it was
             sent on a pooled one).
+        headers_received: Whether the response headers of this attempt arrived (set by
+            :meth:`finish`); a failure after that is never a stale-connection failure.
+        multiplexed: Whether the request went out over HTTP/2, where other streams share
+            the connection (so "this request opened it" does not make it fresh).
     """
 
     __slots__ = (
@@ -114,6 +149,8 @@ class RequestTrace:
         "_headers_at",
         "_start",
         "_stats",
+        "headers_received",
+        "multiplexed",
         "opened_connection",
     )
 
@@ -125,17 +162,20 @@ class RequestTrace:
         self._connect_done: float | None = None
         self._headers_at: float | None = None
         self.opened_connection = False
+        self.headers_received = False
+        self.multiplexed = False
 
     def trace(self, name: str, info: dict[str, Any]) -> None:
         """Handle one httpcore trace event (sync clients)."""
         if name in _HEADERS_STARTED:
             if self._headers_at is None:
                 self._headers_at = time.perf_counter()
+            self.multiplexed = name.startswith("http2.")
         elif name == _CONNECT_STARTED:
             self._connect_started = time.perf_counter()
             self.opened_connection = True
         elif name == _CONNECT_DONE:
-            self._stats.connections_opened += 1
+            self._stats.count_connection()
             self._connect_done = time.perf_counter()
         elif name in _SETUP_DONE:
             self._connect_done = time.perf_counter()
@@ -145,7 +185,8 @@ class RequestTrace:
         self.trace(name, info)
 
     def finish(self) -> None:
-        """Record the pool wait of this attempt, if its headers were sent."""
+        """Mark the response headers as received; record the pool wait of this attempt."""
+        self.headers_received = True
         if self._headers_at is None:
             return
         wait = self._headers_at - self._start

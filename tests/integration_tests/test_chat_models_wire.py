@@ -365,3 +365,34 @@ def test_api_key_sent_but_never_leaked(
         assert SECRET not in text
         assert wrong_key not in text
     assert any(r.levelno == logging.DEBUG for r in caplog.records)  # logging was on
+
+
+async def test_model_copy_with_a_new_base_url_talks_to_the_new_server(
+    make_emulator: Any,
+) -> None:
+    first, second = make_emulator(), make_emulator()
+    a = make_llm(first)
+    assert (await a.ainvoke("hi")).text
+    b = a.model_copy(update={"base_url": second.base_url + "/v1", "timeout": 3})
+    before_first, before_second = first.chat_requests, second.chat_requests
+    assert (await b.ainvoke("hi")).text
+    assert "".join([c.text async for c in b.astream("hi")])
+    assert b.invoke("hi").text
+    assert second.chat_requests - before_second == 3
+    assert first.chat_requests == before_first
+    assert b.pool.config.timeout == 3.0
+    a.base_url = second.base_url + "/v1"  # assignment too
+    assert a.invoke("hi").text
+    assert second.chat_requests - before_second == 4
+    assert first.chat_requests == before_first
+
+
+def test_ollama_provider_never_sends_the_openai_key(
+    make_emulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = make_emulator(EmulatorConfig(api_key=SECRET))
+    monkeypatch.delenv("FASTPIPE_API_KEY", raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    assert make_llm(server).invoke("hi").text  # openai: the OpenAI key is used
+    with pytest.raises(AuthenticationError):
+        make_llm(server, "ollama").invoke("hi")  # ollama: no key sent at all

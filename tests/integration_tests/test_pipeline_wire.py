@@ -15,17 +15,22 @@ MakeEmulator = Callable[..., EmulatorServer]
 
 
 def chat(server: EmulatorServer, model: str, **kwargs: object) -> ChatFastpipe:
-    return ChatFastpipe(model=model, base_url=server.openai_base_url, api_key="sk-test",
-                        max_retries=0, **kwargs)
+    return ChatFastpipe(
+        model=model, base_url=server.openai_base_url, api_key="sk-test", max_retries=0, **kwargs
+    )
 
 
 async def test_hanging_strategy_falls_back_by_first_chunk_timeout(
     make_emulator: MakeEmulator,
 ) -> None:
-    server = make_emulator(EmulatorConfig(models={
-        "hangs": ModelProfile(fail_rate=1.0, fail_fault=Fault.hang_before_first_byte(5.0)),
-        "works": ModelProfile(answer_tokens=6),
-    }))
+    server = make_emulator(
+        EmulatorConfig(
+            models={
+                "hangs": ModelProfile(fail_rate=1.0, fail_fault=Fault.hang_before_first_byte(5.0)),
+                "works": ModelProfile(answer_tokens=6),
+            }
+        )
+    )
     hangs, works = chat(server, "hangs"), chat(server, "works")
     ranked = RankedFallbacks(
         strategies=[
@@ -49,11 +54,17 @@ async def test_hanging_strategy_falls_back_by_first_chunk_timeout(
 async def test_ranked_pipeline_prefers_reliable_model_after_warmup(
     make_emulator: MakeEmulator,
 ) -> None:
-    server = make_emulator(EmulatorConfig(seed=3, models={
-        "flaky-extractor": ModelProfile(fail_rate=0.8, fail_fault=Fault.status(500),
-                                        answer_tokens=5),
-        "formatter": ModelProfile(answer_tokens=8),
-    }))
+    server = make_emulator(
+        EmulatorConfig(
+            seed=3,
+            models={
+                "flaky-extractor": ModelProfile(
+                    fail_rate=0.8, fail_fault=Fault.status(500), answer_tokens=5
+                ),
+                "formatter": ModelProfile(answer_tokens=8),
+            },
+        )
+    )
     pipeline = AnswerPipeline(
         extraction_model=chat(server, "flaky-extractor"),
         formatting_model=chat(server, "formatter"),
@@ -78,8 +89,9 @@ async def test_structured_extraction_over_the_wire(make_emulator: MakeEmulator) 
     server = make_emulator(EmulatorConfig(models={"m": ModelProfile(answer_tokens=5)}))
     model = chat(server, "m")
     pipeline = AnswerPipeline(extraction_model=model, formatting_model=model, optimized=False)
-    tokens = [t async for t in pipeline.astream({"question": "What is HTTP/2?",
-                                                  "context": "A protocol."})]
+    tokens = [
+        t async for t in pipeline.astream({"question": "What is HTTP/2?", "context": "A protocol."})
+    ]
     assert len(tokens) >= 5
     counters = pipeline.stats()["strategies"]
     assert counters["structured"]["successes"] == 1  # schema-valid JSON from the emulator

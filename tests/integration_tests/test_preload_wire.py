@@ -246,3 +246,21 @@ async def test_preload_over_tls_http2_does_the_handshake(make_emulator: MakeEmul
     assert opened >= 1
     await llm.ainvoke("hi")
     assert emu.connections_opened == opened
+
+
+async def test_from_config_warms_the_configured_models(make_emulator: MakeEmulator) -> None:
+    from langchain_fastpipe.config import FastpipeConfig
+
+    emu = make_emulator(_slow("a", "b", load=0.2))
+    config = FastpipeConfig(
+        backend={"provider": "ollama", "base_url": emu.base_url, "model": "a"},
+        preload={"models": ["a", "b"]},
+    )
+    pre = ModelPreloader.from_config(config)
+    results = await pre.preload()
+    assert [r.status for r in results] == [PreloadStatus.OK, PreloadStatus.OK]
+    assert emu.load_counts == {"a": 1, "b": 1}
+    reply = await config.chat_model(model="b", preload=False).ainvoke("Hi")
+    assert reply.content
+    assert emu.load_counts == {"a": 1, "b": 1}  # the configured model was already loaded
+    await pre.aclose()

@@ -35,9 +35,21 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = _free_port()
     workdir: Path = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(  # noqa: S603 - fixed arguments
-        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-         "--appendonly", "no", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            binary,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"redis://127.0.0.1:{port}/0"
     client = redis.Redis.from_url(url)
@@ -118,10 +130,14 @@ def test_replicas_share_ranking(redis_url: str, prefix: str) -> None:
         raise ValueError("A down")
 
     def make(*, optimized: bool) -> RankedFallbacks:
-        return RankedFallbacks(runnable=RunnableLambda(broken),
-                               fallbacks=[RunnableLambda(lambda x: "b")], names=["A", "B"],
-                               store=RedisStore(redis_url, prefix=prefix), seed=2,
-                               optimized=optimized)
+        return RankedFallbacks(
+            runnable=RunnableLambda(broken),
+            fallbacks=[RunnableLambda(lambda x: "b")],
+            names=["A", "B"],
+            store=RedisStore(redis_url, prefix=prefix),
+            seed=2,
+            optimized=optimized,
+        )
 
     replica1, replica2 = make(optimized=False), make(optimized=True)
     for _ in range(20):
@@ -132,3 +148,22 @@ def test_replicas_share_ranking(redis_url: str, prefix: str) -> None:
         assert replica2.invoke("q") == "b"
     assert calls["A"] - before <= 2  # replica 2 learned from replica 1's attempts
     replica1.store.clear()
+
+
+async def test_cancelled_losers_keep_the_memory_store_window_rule(
+    redis_url: str, prefix: str
+) -> None:
+    from langchain_fastpipe.pipeline import MemoryStore
+
+    store, memory = RedisStore(redis_url, prefix=prefix, window=3), MemoryStore(window=3)
+    outcomes = [Outcome(True, 0.1, 0.01), Outcome(False, 0.2), Outcome(True, 0.3, 0.03)]
+    outcomes += [Outcome(False, 1.0 + i, 1.0 + i, "cancelled") for i in range(5)]
+    for outcome in outcomes:
+        await store.arecord("a", outcome)
+        memory.record("a", outcome)
+    loaded = (await store.aload(["a"]))["a"]
+    assert loaded == memory.load(["a"])["a"]
+    assert loaded.recent == (True, False, True)  # the hedge losers took no outcome's place
+    assert loaded.ttfcs == (3.0, 4.0, 5.0)
+    await store.aclose()
+    store.clear()

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import os
 import threading
+import warnings
 from collections.abc import AsyncIterator
 
 import pytest
 
 from langchain_fastpipe.emulator import EmulatorConfig, EmulatorServer, Fault, ModelProfile
 from langchain_fastpipe.errors import (
+    AuthenticationError,
     EndpointConnectError,
     ProtocolViolationError,
     RateLimitError,
@@ -22,6 +26,7 @@ from langchain_fastpipe.transport import (
     PooledClient,
     ResponseInfo,
     RetryPolicy,
+    aclose_pools,
     get_pool,
 )
 
@@ -353,3 +358,156 @@ async def test_pooling_off_opens_a_connection_per_request(make_emulator) -> None
     stats = pool.stats()
     assert stats["connections_opened"] == 6
     assert stats["reuse_ratio"] == 0.0
+
+
+# -- review fixes: replays only before headers, dead loops, error bodies ---------------
+
+
+@pytest.mark.parametrize("proto", ["h1", "h2"])
+@pytest.mark.parametrize("mode", ["json", "stream"])
+async def test_failure_after_headers_is_not_replayed(
+    emulator: EmulatorServer, emulator_h2: EmulatorServer, proto: str, mode: str
+) -> None:
+    # The server took the request (headers arrived), then the connection broke. With
+    # max_retries=0 that is one request and a typed error, never a "stale" resend: the
+    # connection is a reused one, which used to trigger up to 3 immediate replays.
+    server = emulator_h2 if proto == "h2" else emulator
+    pool = pool_for(server, retry=RetryPolicy(max_retries=0))
+    try:
+        await pool.apost_json(CHAT, chat())  # leaves a pooled connection to reuse
+        # JSON: headers and half the body, then a reset. Stream: headers, then a reset
+        # before the first chunk (still inside the retryable phase of a stream).
+        server.inject(Fault.reset_mid_stream(after_chunks=0), times=1)
+        before = server.chat_requests
+        got: list[bytes] = []
+        call = (
+            pool.apost_json(CHAT, chat())
+            if mode == "json"
+            else collect(pool.astream(CHAT, chat(stream=True)), got)
+        )
+        with pytest.raises(EndpointConnectError):
+            await call
+        assert got == []
+        assert server.chat_requests - before == 1
+        stats = pool.stats()
+        assert stats["replays"] == 0
+        assert stats["retries"] == 0
+        assert stats["in_flight"] == 0
+    finally:
+        await pool.aclose()
+
+
+async def test_failure_after_headers_is_retried_within_max_retries(
+    emulator: EmulatorServer,
+) -> None:
+    pool = pool_for(emulator, retry=RetryPolicy(max_retries=1))
+    try:
+        await pool.apost_json(CHAT, chat())
+        emulator.inject(Fault.reset_mid_stream(after_chunks=1), times=1)
+        before = emulator.chat_requests
+        data, info = await pool.apost_json(CHAT, chat())
+        assert data["choices"]
+        assert info.attempts == 2
+        assert emulator.chat_requests - before == 2
+        assert pool._sleep.delays != []  # type: ignore[attr-defined]  # a backoff, not a replay
+        assert pool.stats()["replays"] == 0
+    finally:
+        await pool.aclose()
+
+
+def _client_sockets_to(port: int) -> int:
+    """Sockets of this process connected to 127.0.0.1:``port`` (the client side only)."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as fh:
+            for line in list(fh)[1:]:
+                fields = line.split()
+                if int(fields[2].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(fields[9])
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/self/fd/{fd}")
+            if link.startswith("socket:[") and link[8:-1] in inodes:
+                count += 1
+    return count
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs Linux /proc")
+@pytest.mark.parametrize("proto", ["h1", "h2"])
+def test_clients_of_dead_loops_are_dropped_and_their_sockets_closed(
+    make_emulator, proto: str
+) -> None:
+    server = make_emulator(http2=proto == "h2", tls=proto == "h2")
+    pool = pool_for(server)
+
+    async def call() -> None:
+        await pool.apost_json(CHAT, chat())
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        asyncio.run(call())
+        assert _client_sockets_to(server.port) == 1  # left behind by a loop that is gone
+        asyncio.run(call())  # the new loop's client drops the dead one and its socket
+        assert len(pool._async_clients) == 1
+        assert _client_sockets_to(server.port) == 1
+        pool.close()  # the second loop is closed too now
+        assert pool._async_clients == {}
+        assert _client_sockets_to(server.port) == 0
+        gc.collect()
+    unclosed = [w for w in caught if "unclosed" in str(w.message)]
+    assert unclosed == []
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs Linux /proc")
+def test_aclose_pools_closes_the_loops_connections(make_emulator) -> None:
+    server = make_emulator()
+    pool = pool_for(server)
+
+    async def call() -> int:
+        await pool.apost_json(CHAT, chat())
+        opened = _client_sockets_to(server.port)
+        await aclose_pools()
+        return opened
+
+    assert asyncio.run(call()) == 1
+    assert _client_sockets_to(server.port) == 0
+    assert pool._async_clients == {}
+    data, _ = asyncio.run(pool.apost_json(CHAT, chat()))  # still usable
+    assert data["choices"]
+    pool.close()
+
+
+SECRET = "sk-live-0123456789abcdefSECRET"
+
+
+async def call_in_mode(pool: PooledClient, mode: str, headers: dict[str, str]) -> None:
+    """One chat call as JSON, as a stream, or through the sync API."""
+    if mode == "json":
+        await pool.apost_json(CHAT, chat(), headers=headers)
+    elif mode == "stream":
+        await collect(pool.astream(CHAT, chat(stream=True), headers=headers), [])
+    else:
+        pool.post_json(CHAT, chat(), headers=headers)
+
+
+@pytest.mark.parametrize("mode", ["json", "stream", "sync"])
+@pytest.mark.parametrize(
+    "message",
+    [f"Incorrect API key provided: {SECRET}", f"echo: authorization=Bearer {SECRET}"],
+)
+async def test_error_body_never_carries_the_key(
+    emulator: EmulatorServer, mode: str, message: str
+) -> None:
+    pool = pool_for(emulator)
+    emulator.inject(Fault.status(401, message=message), times=1)
+    headers = {"Authorization": f"Bearer {SECRET}"}
+    try:
+        with pytest.raises(AuthenticationError) as info:
+            await call_in_mode(pool, mode, headers)
+        error = info.value
+        assert "[redacted]" in error.body
+        seen = [str(error), repr(error), error.body, *(str(a) for a in error.args)]
+        assert all(SECRET not in text for text in seen)
+    finally:
+        await pool.aclose()

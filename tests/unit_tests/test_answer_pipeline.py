@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,15 +14,22 @@ from langchain_core.language_models.fake_chat_models import (
     GenericFakeChatModel,
 )
 from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.runnables import RunnableGenerator
+from langchain_core.runnables import RunnableGenerator, RunnableLambda
 
+from langchain_fastpipe.chat_models import ChatFastpipe
+from langchain_fastpipe.config import FastpipeConfig
 from langchain_fastpipe.errors import AllStrategiesFailedError, ConfigError
 from langchain_fastpipe.pipeline import (
     AnswerPipeline,
     Extraction,
+    MemoryStore,
+    RedisStore,
+    SQLiteStore,
     Strategy,
+    ThompsonPolicy,
     direct_strategy,
     is_answer,
+    make_store,
     normalize_input,
     parse_extraction,
 )
@@ -238,3 +246,100 @@ async def test_first_chunk_timeout_in_pipeline() -> None:
     assert "".join([c async for c in pipeline.astream("Q?")]) == "The capital is Paris."
     assert closed == [True]
     assert pipeline.stats()["strategies"]["hangs"]["failures"] == {"first_chunk_timeout": 1}
+
+
+# -- from_config and call kwargs ------------------------------------------------------
+
+
+def _config(**sections: Any) -> FastpipeConfig:
+    backend = {"provider": "ollama", "base_url": "http://127.0.0.1:9", "model": "base"}
+    backend.update(sections.pop("backend", {}))
+    return FastpipeConfig(backend=backend, **sections)
+
+
+def test_from_config_applies_flags_policy_and_store(tmp_path: Path) -> None:
+    config = _config(
+        performance_optimizations={
+            "enable_optimized_pipeline": False,
+            "hedging": True,
+            "first_chunk_timeout_seconds": 2.5,
+        },
+        pipeline={
+            "min_success_rate": 0.35,
+            "probe_rate": 0.125,
+            "store": "sqlite",
+            "store_url": str(tmp_path / "s.db"),
+        },
+    )
+    extraction, formatting = models()
+    pipeline = AnswerPipeline.from_config(
+        config, extraction_model=extraction, formatting_model=formatting, seed=3
+    )
+    ranked = pipeline.ranked
+    assert (ranked.optimized, ranked.hedge, ranked.first_chunk_timeout) == (False, True, 2.5)
+    assert isinstance(ranked.policy, ThompsonPolicy)
+    assert (ranked.policy.skip_threshold, ranked.policy.probe_rate) == (0.35, 0.125)
+    assert isinstance(pipeline.store, SQLiteStore)
+    assert pipeline.store.path == str(tmp_path / "s.db")
+    assert pipeline.extraction_model is extraction
+    pipeline.store.close()
+
+
+def test_from_config_defaults_and_models_from_the_backend() -> None:
+    config = _config(backend={"extraction_model": "small", "formatting_model": "big"})
+    pipeline = AnswerPipeline.from_config(config)
+    ranked = pipeline.ranked
+    assert (ranked.optimized, ranked.hedge, ranked.first_chunk_timeout) == (True, False, None)
+    assert isinstance(pipeline.store, MemoryStore)
+    extraction, formatting = pipeline.extraction_model, pipeline.formatting_model
+    assert isinstance(extraction, ChatFastpipe)
+    assert isinstance(formatting, ChatFastpipe)
+    assert (extraction.model_name, formatting.model_name) == ("small", "big")
+    assert (extraction.provider, extraction.base_url) == ("ollama", "http://127.0.0.1:9")
+    assert extraction.preload is False  # warming is the preloader's job
+
+
+def test_from_config_names_the_missing_model() -> None:
+    config = FastpipeConfig(backend={"provider": "ollama"})
+    with pytest.raises(ConfigError, match=r"backend\.extraction_model or backend\.model"):
+        AnswerPipeline.from_config(config)
+
+
+def test_make_store_follows_the_config_names(tmp_path: Path) -> None:
+    assert isinstance(make_store("memory"), MemoryStore)
+    assert isinstance(make_store("redis", "redis://127.0.0.1:1/0"), RedisStore)
+    with pytest.raises(ConfigError, match="store_url"):
+        make_store("redis")
+    with pytest.raises(ConfigError, match="'memory', 'sqlite' or 'redis'"):
+        make_store("postgres")
+
+
+async def test_call_kwargs_reach_the_strategies() -> None:
+    seen: list[Any] = []
+
+    def recorder(_: Any) -> str:
+        return "ok"
+
+    class Probe(RunnableLambda):  # type: ignore[type-arg]
+        def invoke(self, input: Any, config: Any = None, **kwargs: Any) -> Any:
+            seen.append(kwargs)
+            return super().invoke(input, config)
+
+        def stream(self, input: Any, config: Any = None, **kwargs: Any) -> Any:
+            seen.append(kwargs)
+            return super().stream(input, config)
+
+        async def astream(self, input: Any, config: Any = None, **kwargs: Any) -> Any:
+            seen.append(kwargs)
+            async for chunk in super().astream(input, config):
+                yield chunk
+
+    pipeline = AnswerPipeline(strategies=[Strategy(name="p", runnable=Probe(recorder))])
+    assert pipeline.invoke("Q?", stop=["\n"]) == "ok"
+    assert list(pipeline.stream("Q?", stop=["\n"])) == ["ok"]
+    assert await pipeline.ainvoke("Q?", stop=["\n"]) == "ok"
+    assert [c async for c in pipeline.astream("Q?", stop=["\n"])] == ["ok"]
+    assert seen == [{"stop": ["\n"]}] * 4
+    seen.clear()
+    assert pipeline.invoke("Q?") == "ok"
+    assert seen == [{}]

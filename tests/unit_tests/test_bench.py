@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
 import io
 import json
 
@@ -93,6 +95,23 @@ def test_quantile_interpolates() -> None:
 def test_quantile_rejects_bad_q() -> None:
     with pytest.raises(ConfigError, match="between 0 and 1"):
         quantile([1.0], 1.5)
+
+
+def test_quantile_is_the_one_of_the_stats_module() -> None:
+    from langchain_fastpipe import stats
+
+    assert quantile is stats.quantile
+
+
+def test_bench_takes_its_prompt_from_the_neutral_module_not_the_cli() -> None:
+    from langchain_fastpipe import cli, prompts
+
+    tree = ast.parse(inspect.getsource(bench))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert "langchain_fastpipe.cli" not in imported  # the library never depends on the CLI
+    assert "langchain_fastpipe.prompts" in imported
+    assert cli.FEW_SHOT_PROMPT is prompts.FEW_SHOT_PROMPT  # still importable from the CLI
+    assert prompts.FEW_SHOT_PROMPT.input_variables == ["question"]
 
 
 def test_summarize_uses_warm_queries_and_counts_failures() -> None:

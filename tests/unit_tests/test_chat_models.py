@@ -52,8 +52,11 @@ def make(**kw: Any) -> ChatFastpipe:
     ("field", "value", "pattern"),
     [
         ("provider", "anthropic", r"ChatFastpipe\.provider must be one of 'openai', 'ollama'"),
-        ("base_url", "ftp://host/v1", r"ChatFastpipe\.base_url must be http"),
-        ("base_url", "not a url", r"ChatFastpipe\.base_url must be http"),
+        ("base_url", "ftp://host/v1", r"ChatFastpipe\.base_url must use http or https"),
+        ("base_url", "not a url", r"ChatFastpipe\.base_url must use http or https"),
+        ("base_url", "http:///v1", r"ChatFastpipe\.base_url has no host"),
+        ("connect_timeout", 0, r"ChatFastpipe\.connect_timeout must be > 0"),
+        ("breaker_failure_threshold", 0, r"ChatFastpipe\.breaker_failure_threshold must be >= 1"),
         ("base_url", "http://host:99999/v1", r"ChatFastpipe\.base_url is not a valid URL"),
         ("timeout", 0, r"ChatFastpipe\.timeout must be > 0"),
         ("max_retries", -1, r"ChatFastpipe\.max_retries must be >= 0"),
@@ -127,7 +130,94 @@ def test_key_never_in_repr_str_or_identifying_params() -> None:
     assert make(api_key=None)._headers() == {}
 
 
+# ---------------------------------------------------------------- API key from the environment
+
+
+def _clear_key_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("FASTPIPE_API_KEY", "OPENAI_API_KEY", "FASTPIPE_BASE_URL", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_openai_key_is_never_sent_to_ollama(monkeypatch: pytest.MonkeyPatch) -> None:
+    _clear_key_env(monkeypatch)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai-only")
+    ollama = ChatFastpipe(model="m", provider="ollama", base_url="http://remote:11434")
+    assert ollama.api_key is None
+    assert ollama._headers() == {}
+    openai = make()
+    assert openai._headers() == {"Authorization": "Bearer sk-openai-only"}
+    # A copy switched to another provider does not carry the OpenAI key along either.
+    switched = openai.model_copy(update={"provider": "ollama", "base_url": "http://r:11434"})
+    assert switched._headers() == {}
+    # ... and a copy switched the other way picks it up.
+    assert ollama.model_copy(update={"provider": "openai"})._headers() == {
+        "Authorization": "Bearer sk-openai-only"
+    }
+    # An explicit key is always sent as given.
+    explicit = ChatFastpipe(model="m", provider="ollama", api_key="sk-mine")
+    assert explicit._headers() == {"Authorization": "Bearer sk-mine"}
+
+
+def test_fastpipe_key_serves_every_provider(monkeypatch: pytest.MonkeyPatch) -> None:
+    _clear_key_env(monkeypatch)
+    monkeypatch.setenv("FASTPIPE_API_KEY", "fp-key")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai")
+    for provider in ("openai", "ollama"):
+        llm = ChatFastpipe(model="m", provider=provider)
+        assert llm._headers() == {"Authorization": "Bearer fp-key"}
+
+
+# ---------------------------------------------------------------- transport config follows fields
+
+
+def test_endpoint_config_follows_assignment_and_model_copy() -> None:
+    a = make(base_url="http://127.0.0.1:1/v1")
+    first = a.endpoint_config
+    assert a.pool.config is first
+    b = a.model_copy(update={"base_url": "http://127.0.0.1:2/v1", "timeout": 3})
+    assert b.endpoint_config.base_url == "http://127.0.0.1:2/v1"
+    assert b.endpoint_config.timeout == 3.0
+    assert b.pool.config == b.endpoint_config
+    assert b.pool is not a.pool
+    assert a.endpoint_config is first  # the original is untouched
+    a.connect_timeout = 1.5
+    a.max_retries = 0
+    assert a.endpoint_config.connect_timeout == 1.5
+    assert a.endpoint_config.retry.max_retries == 0
+    assert a.pool.config == a.endpoint_config
+    a.base_url = "ftp://nope"
+    with pytest.raises(ConfigError, match=r"ChatFastpipe\.base_url"):
+        _ = a.endpoint_config
+
+
+def test_pool_is_cached_on_the_instance(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[Any] = []
+    real = chat_models_module.get_pool
+
+    def counting(config: Any) -> Any:
+        calls.append(config)
+        return real(config)
+
+    monkeypatch.setattr(chat_models_module, "get_pool", counting)
+    llm = make()
+    for _ in range(3):
+        assert llm.pool is llm.pool
+    assert len(calls) == 1
+    llm.timeout = 7
+    assert llm.pool.config.timeout == 7.0
+    assert len(calls) == 2
+
+
+def test_new_fields_reach_the_endpoint_config() -> None:
+    config = make(connect_timeout=1.5, breaker_failure_threshold=9,
+                  breaker_recovery_time=2.0).endpoint_config  # fmt: skip
+    assert config.connect_timeout == 1.5
+    assert config.breaker.failure_threshold == 9
+    assert config.breaker.recovery_time == 2.0
+
+
 def test_preload_hook_called_only_when_asked() -> None:
+    previous = chat_models_module._preload_hook  # the preloader's, if it was imported
     seen: list[ChatFastpipe] = []
     set_preload_hook(seen.append)
     try:
@@ -135,10 +225,20 @@ def test_preload_hook_called_only_when_asked() -> None:
         assert seen == []
         llm = make(preload=True)
         assert seen == [llm]
-    finally:
+        make(preload=True)  # an equal model: registered once
+        make(preload=True, timeout=99)  # transport options do not change what is warmed
+        assert seen == [llm]
+        other = make(preload=True, model="other")
+        assert seen == [llm, other]
+        set_preload_hook(seen.append)  # a new hook starts afresh
+        again = make(preload=True)
+        assert seen == [llm, other, again]
         set_preload_hook(None)
-    make(preload=True)  # no hook installed: nothing happens
-    assert chat_models_module._preload_hook is None
+        make(preload=True, model="third")  # no hook installed: nothing happens
+        assert len(seen) == 3
+        assert chat_models_module._preload_hook is None
+    finally:
+        set_preload_hook(previous)
 
 
 # ---------------------------------------------------------------- request building
@@ -279,8 +379,15 @@ def test_ls_params_and_llm_type() -> None:
     }
     assert llm._get_ls_params(model="override")["ls_model_name"] == "override"
     assert llm._llm_type == "fastpipe-ollama"
-    ident = make(base_url="http://127.0.0.1:9/v1?token=abc")._identifying_params
-    assert "token" not in ident["base_url"]
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:9/v1?token=abc", "http://127.0.0.1:9/v1#abc", "http://h/v1?"]
+)
+def test_base_url_with_query_or_fragment_is_rejected_without_echoing_it(url: str) -> None:
+    with pytest.raises(ConfigError, match=r"ChatFastpipe\.base_url must not have a query") as info:
+        make(base_url=url)
+    assert "abc" not in str(info.value)
 
 
 # ---------------------------------------------------------------- the shared chunk core

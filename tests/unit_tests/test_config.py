@@ -235,8 +235,29 @@ def test_invalid_base_url_is_named_without_credentials() -> None:
     with pytest.raises(ConfigError) as info:
         FastpipeConfig(backend={"base_url": "ftp://user:hunter2@example.com"})
     text = str(info.value)
-    assert text.startswith("backend.base_url = 'ftp://example.com' must be an http:// or https://")
+    assert text.startswith("backend.base_url = 'ftp://example.com' must use http or https")
     assert "hunter2" not in text
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://127.0.0.1:9/v1?key=" + SECRET, "must not have a query or fragment"),
+        ("http://127.0.0.1:9/v1#" + SECRET, "must not have a query or fragment"),
+        ("HTTP://127.0.0.1:9/v1?x", "must not have a query or fragment"),  # scheme any case
+        ("http:///v1", "has no host"),
+        ("https://user:" + SECRET + "@example.com/v1", "must not carry credentials"),
+    ],
+)
+def test_base_url_uses_the_transport_validator(url: str, reason: str) -> None:
+    with pytest.raises(ConfigError, match=reason) as info:
+        FastpipeConfig(backend={"base_url": url})
+    assert SECRET not in str(info.value)
+
+
+def test_upper_case_scheme_is_accepted_like_the_transport_does() -> None:
+    cfg = FastpipeConfig(backend={"base_url": "HTTPS://example.com/v1"})
+    assert cfg.endpoint_config().base_url == "HTTPS://example.com/v1"
 
 
 def test_redis_store_needs_a_redis_url() -> None:
@@ -682,10 +703,25 @@ def test_endpoint_kwargs_apply_pool_and_flags() -> None:
     }
 
 
-def test_default_base_url_per_provider() -> None:
+def test_default_base_url_per_provider(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("FASTPIPE_BASE_URL", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
     assert FastpipeConfig().resolved_base_url() == "https://api.openai.com/v1"
     ollama = FastpipeConfig(backend={"provider": "ollama"})
     assert ollama.resolved_base_url() == "http://127.0.0.1:11434"
+
+
+def test_resolved_base_url_honours_the_env_like_the_chat_model(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("FASTPIPE_BASE_URL", raising=False)
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://10.0.0.1:8000/v1")
+    cfg = FastpipeConfig(performance_optimizations={"enable_model_preloading": False})
+    assert cfg.resolved_base_url() == "http://10.0.0.1:8000/v1"
+    assert cfg.endpoint_config().base_url == cfg.chat_model(model="m").endpoint_config.base_url
+    assert cfg.resolved_base_url(env={"FASTPIPE_BASE_URL": "http://h:1/v1"}) == "http://h:1/v1"
+    ollama = FastpipeConfig(backend={"provider": "ollama"})
+    assert ollama.resolved_base_url() == "http://127.0.0.1:11434"  # OpenAI's variables only
 
 
 def test_chat_model_kwargs_streaming_off_disables_streaming() -> None:
@@ -702,13 +738,14 @@ def test_chat_model_kwargs_streaming_off_disables_streaming() -> None:
     assert kw["streaming"] is False
     assert kw["disable_streaming"] is True
     assert kw["pooling"] is False
-    assert kw["preload"] is False
+    assert kw["preload"] is False  # preloading off: the model loads on first use
     assert kw["model"] == "m"
     assert isinstance(kw["api_key"], SecretStr)
     assert "base_url" not in kw  # unset optional values are left out
     on = FastpipeConfig().chat_model_kwargs()
     assert on["streaming"] is True
     assert "disable_streaming" not in on
+    assert on["preload"] is True  # the flag's default: warm up in the background
 
 
 def test_preload_models() -> None:
@@ -755,6 +792,86 @@ def test_chat_model_applies_flags() -> None:
     assert isinstance(model, chat_cls)
     assert model.disable_streaming is True
     assert model.max_retries == 0
+
+
+def test_every_chat_model_setting_reaches_the_chat_model() -> None:
+    cfg = FastpipeConfig(
+        performance_optimizations={
+            "connect_timeout_seconds": 1.5, "api_timeout_seconds": 12, "max_retries": 4,
+            "connection_pool_size": 7, "max_connections": 9, "http2": False,
+        },
+        backend={"base_url": "http://127.0.0.1:9/v1", "model": "m"},
+    )  # fmt: skip
+    model = cfg.chat_model()
+    assert model.endpoint_config == cfg.endpoint_config()
+    assert model.endpoint_config.connect_timeout == 1.5
+
+
+def test_chat_model_raises_on_keys_it_would_drop(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = FastpipeConfig(backend={"base_url": "http://127.0.0.1:9/v1", "model": "m"})
+    with pytest.raises(ConfigError, match=r"'temprature' \(override\), did you mean 'temperature'"):
+        cfg.chat_model(temprature=0.5)
+    real = FastpipeConfig.chat_model_kwargs
+
+    def with_stray_key(self: FastpipeConfig) -> dict[str, Any]:
+        return {**real(self), "preload_timeout": 60.0}
+
+    monkeypatch.setattr(FastpipeConfig, "chat_model_kwargs", with_stray_key)
+    with pytest.raises(ConfigError, match=r"'preload_timeout' \(configuration setting\)"):
+        cfg.chat_model()
+
+
+def test_chat_model_preloads_when_the_flag_is_on_once_per_model(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    chat_models = pytest.importorskip("langchain_fastpipe.chat_models")
+    seen: list[Any] = []
+    monkeypatch.setattr(chat_models, "_preload_hook", seen.append)
+    monkeypatch.setattr(chat_models, "_preloaded", set())
+    cfg = FastpipeConfig(backend={"base_url": "http://127.0.0.1:9/v1", "model": "m"})
+    assert cfg.flags["enable_model_preloading"] is True
+    model = cfg.chat_model()
+    assert model.preload is True
+    assert seen == [model]
+    cfg.chat_model()  # the same endpoint and model: handed to the preloader only once
+    assert seen == [model]
+    off = cfg.with_overrides(enable_model_preloading=False).chat_model(model="other")
+    assert off.preload is False
+    assert seen == [model]
+
+
+def test_step_models_fall_back_to_the_backend_model() -> None:
+    cfg = FastpipeConfig(
+        backend={"base_url": "http://127.0.0.1:9/v1", "model": "m", "formatting_model": "f"}
+    )
+    assert cfg.extraction_chat_model().model_name == "m"
+    assert cfg.formatting_chat_model().model_name == "f"
+    assert cfg.formatting_chat_model(model="x").model_name == "x"
+
+
+def test_pipeline_and_preload_options_carry_every_setting() -> None:
+    cfg = FastpipeConfig(
+        performance_optimizations={
+            "enable_optimized_pipeline": False, "hedging": True,
+            "first_chunk_timeout_seconds": 2.5, "preload_timeout_seconds": 9,
+            "enable_response_streaming": False,
+        },
+        backend={"model": "m", "extraction_model": "e"},
+        pipeline={"min_success_rate": 0.7, "probe_rate": 0.1, "store": "sqlite",
+                  "store_url": "stats.db"},
+        preload={"models": ["a", "b"], "keep_alive_refresh_seconds": 30},
+    )  # fmt: skip
+    assert cfg.pipeline_options() == {
+        "optimized": False, "hedge": True, "first_chunk_timeout": 2.5, "streaming": False,
+        "min_success_rate": 0.7, "probe_rate": 0.1, "store": "sqlite", "store_url": "stats.db",
+        "extraction_model": "e", "formatting_model": "m",
+    }  # fmt: skip
+    assert cfg.preload_options() == {
+        "enabled": True, "models": ["a", "b"], "timeout": 9.0, "keep_alive_refresh": 30.0,
+    }  # fmt: skip
+    off = cfg.with_overrides(enable_model_preloading=False)
+    assert off.preload_options()["models"] == []
+    assert off.preload_options()["enabled"] is False
 
 
 # ----------------------------------------------------------- process-wide config

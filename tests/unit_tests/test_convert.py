@@ -544,3 +544,15 @@ def test_ollama_stream_chunk_tool_index_advances() -> None:
     assert isinstance(chunk.message, AIMessageChunk)
     assert chunk.message.tool_call_chunks[0]["index"] == 4
     assert chunk.message.tool_call_chunks[0]["id"] == "i"
+
+
+@pytest.mark.parametrize("convert", [messages_to_openai, messages_to_ollama])
+def test_unknown_chat_message_role_is_config_error(convert: Any) -> None:
+    with pytest.raises(ConfigError, match="'wizard'"):
+        convert([ChatMessage(role="wizard", content="abracadabra")])
+    assert convert([ChatMessage(role="user", content="hi")])[0]["role"] == "user"
+
+
+def test_tool_whose_name_is_not_a_string_is_config_error() -> None:
+    with pytest.raises(ConfigError, match="name is not a string"):
+        convert_tools([{"name": 5}])

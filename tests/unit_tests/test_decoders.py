@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -247,3 +248,65 @@ def test_sse_fast_path_waits_for_a_pending_partial_line() -> None:
 def test_sse_bad_utf8_still_raises_on_fast_shaped_read() -> None:
     with pytest.raises(ProtocolViolationError, match="UTF-8"):
         SSEDecoder().feed(b"data: \xff\n\n")
+
+
+# ---------------------------------------------------------------- parsers name the endpoint
+
+ENDPOINT = "http://127.0.0.1:9/v1"
+
+
+@pytest.mark.parametrize(
+    ("provider", "body", "message"),
+    [
+        ("openai", b"data: {not json\n\n", "not valid JSON"),
+        ("openai", b"data: \xff\xfe\n\n", "not valid UTF-8"),
+        ("openai", b"data: [1, 2]\n\n", "not a JSON object"),
+        ("ollama", b"{not json\n", "not valid JSON"),
+        ("ollama", b"[1]\n", "not a JSON object"),
+        ("ollama", b"\xff\n", "not valid UTF-8"),
+    ],
+)
+def test_stream_parsers_put_the_endpoint_on_decoder_errors(
+    provider: str, body: bytes, message: str
+) -> None:
+    from langchain_fastpipe.providers import get_provider
+
+    parser = get_provider(provider).stream_parser(endpoint=ENDPOINT)
+    with pytest.raises(ProtocolViolationError, match=message) as info:
+        parser.feed(body)
+    assert info.value.endpoint == ENDPOINT
+    assert ENDPOINT in str(info.value)
+
+
+@pytest.mark.parametrize("provider", ["openai", "ollama"])
+def test_unterminated_last_line_error_names_the_endpoint(provider: str) -> None:
+    from langchain_fastpipe.providers import get_provider
+
+    parser = get_provider(provider).stream_parser(endpoint=ENDPOINT)
+    parser.feed(b"data: {oops" if provider == "openai" else b"{oops")
+    with pytest.raises(ProtocolViolationError) as info:
+        parser.finish()
+    assert info.value.endpoint == ENDPOINT
+
+
+@pytest.mark.parametrize(
+    ("provider", "marker"), [("openai", "[DONE] or a finish_reason"), ("ollama", "its done line")]
+)
+def test_shared_parser_base_reports_truncation(provider: str, marker: str) -> None:
+    from langchain_fastpipe.providers import StreamParserBase, get_provider
+
+    parser = get_provider(provider).stream_parser(endpoint=ENDPOINT)
+    assert isinstance(parser, StreamParserBase)
+    assert not parser.done
+    with pytest.raises(ProtocolViolationError, match=re.escape(f"ended before {marker}")) as info:
+        parser.finish()
+    assert info.value.endpoint == ENDPOINT
+
+
+def test_parsers_without_an_endpoint_keep_the_decoder_error() -> None:
+    from langchain_fastpipe.providers import get_provider
+
+    with pytest.raises(ProtocolViolationError, match="not valid JSON") as info:
+        get_provider("ollama").stream_parser().feed(b"{x\n")
+    assert info.value.endpoint == ""
+    assert info.value.__cause__ is not info.value

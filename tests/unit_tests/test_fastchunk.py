@@ -120,10 +120,13 @@ def test_openai_non_text_deltas_still_carry_their_fields() -> None:
 
 
 def test_parser_output_aggregates_like_before() -> None:
-    body = b"".join(
-        b'data: {"id":"c","choices":[{"delta":{"content":"%s"},"finish_reason":null}]}\n\n' % w
-        for w in (b"a", b" b", b" c")
-    ) + b'data: {"id":"c","choices":[{"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'
+    body = (
+        b"".join(
+            b'data: {"id":"c","choices":[{"delta":{"content":"%s"},"finish_reason":null}]}\n\n' % w
+            for w in (b"a", b" b", b" c")
+        )
+        + b'data: {"id":"c","choices":[{"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'
+    )
     parser = OpenAIStreamParser()
     chunks = parser.feed(body) + parser.finish()
     total = chunks[0]

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from langchain_fastpipe.chat_models import ChatFastpipe
+from langchain_fastpipe.config import FastpipeConfig
 from langchain_fastpipe.errors import PreloadError
 from langchain_fastpipe.local import LocalModelServer
 from langchain_fastpipe.preload import (
@@ -24,6 +26,7 @@ from langchain_fastpipe.preload import (
     register_from_env,
 )
 from langchain_fastpipe.stats import get_stats
+from langchain_fastpipe.transport import ResponseInfo
 
 
 class FakeClock:
@@ -358,7 +361,7 @@ async def test_preload_sync_inside_a_running_loop_uses_a_helper_thread() -> None
     pre.register(warm, name="m")
     (result,) = pre.preload_sync()
     assert result.ok
-    assert threads == ["fastpipe-preload"]
+    assert threads == ["fastpipe-preload-loop"]  # the long-lived preload loop, not ours
 
 
 def test_preload_sync_without_a_loop() -> None:
@@ -530,3 +533,120 @@ def test_env_registration_at_import_never_fails_the_import() -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "['ollama:llama3@http://127.0.0.1:9', 'openai:gpt-x']"
     assert "'nonsense'" in done.stderr  # logged, not raised
+
+
+def test_sync_preload_runs_async_warmups_on_one_long_lived_loop() -> None:
+    pre = ModelPreloader()
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    async def warm(done: Callable[[str], None]) -> None:
+        loops.append(asyncio.get_running_loop())
+
+    pre.register(warm, name="m")
+    assert pre.preload_sync()[0].ok
+    assert pre.preload_sync()[0].ok
+    first, second = loops
+    # Clients an async warm-up opened stay bound to a live loop: never stranded on a
+    # throwaway asyncio.run() loop whose sockets nobody closes.
+    assert first is second
+    assert first.is_running()
+    assert not first.is_closed()
+
+
+def test_sync_preload_cancels_a_timed_out_async_warmup() -> None:
+    pre = ModelPreloader()
+    cancelled = threading.Event()
+
+    async def hang(done: Callable[[str], None]) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    pre.register(hang, name="hang", timeout=0.05)
+    (result,) = pre.preload_sync()
+    assert result.status is PreloadStatus.TIMED_OUT
+    assert cancelled.is_set()  # nothing left running after the report
+
+
+async def test_aclose_awaits_the_cancelled_background_warmups() -> None:
+    pre = ModelPreloader()
+    started, cleaned = asyncio.Event(), asyncio.Event()
+
+    async def hang(done: Callable[[str], None]) -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cleaned.set()
+
+    pre.register(hang, name="hang")
+    task = pre.schedule()
+    await started.wait()
+    await pre.aclose()
+    assert task.done()  # awaited, not just asked to cancel
+    assert task.cancelled()
+    assert cleaned.is_set()
+
+
+def _chat(**kwargs: Any) -> ChatFastpipe:
+    return ChatFastpipe(
+        provider="openai", model="m", base_url="http://127.0.0.1:9/v1", pooling=False, **kwargs
+    )
+
+
+async def test_chat_models_warm_through_their_public_warmup(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    warmed: list[tuple[str, str]] = []
+
+    async def awarmup(self: ChatFastpipe) -> ResponseInfo:
+        warmed.append(("async", self.model_name))
+        return ResponseInfo(status_code=200)
+
+    def warmup(self: ChatFastpipe) -> ResponseInfo:
+        warmed.append(("sync", self.model_name))
+        return ResponseInfo(status_code=200)
+
+    monkeypatch.setattr(ChatFastpipe, "awarmup", awarmup)
+    monkeypatch.setattr(ChatFastpipe, "warmup", warmup)
+    pre = ModelPreloader()
+    pre.register(_chat(), name="chat")
+    (result,) = await pre.preload()
+    assert (result.ok, result.steps) == (True, ("model_load",))  # pooling off: no pool step
+    (result,) = pre.preload_sync()
+    assert result.ok
+    assert warmed == [("async", "m"), ("sync", "m")]
+
+
+def _config(**sections: Any) -> FastpipeConfig:
+    backend = {"provider": "ollama", "base_url": "http://127.0.0.1:9", "model": "base"}
+    return FastpipeConfig(backend=backend, **sections)
+
+
+def test_from_config_registers_the_preload_models_with_the_config_timeout() -> None:
+    config = _config(
+        performance_optimizations={"preload_timeout_seconds": 7.5, "http2": False},
+        preload={"models": ["llama3:8b", "gemma3"], "keep_alive_refresh_seconds": 120},
+    )
+    pre = ModelPreloader.from_config(config)
+    assert pre.names() == [
+        "ollama:llama3:8b@http://127.0.0.1:9",
+        "ollama:gemma3@http://127.0.0.1:9",
+    ]
+    entries = [pre._entries[n] for n in pre.names()]
+    assert [(e.timeout, e.refresh_every) for e in entries] == [(7.5, 120.0), (7.5, 120.0)]
+    chat = entries[0].target
+    assert isinstance(chat, ChatFastpipe)
+    assert (chat.provider, chat.model_name, chat.preload) == ("ollama", "llama3:8b", False)
+    assert chat.endpoint_config.http2 is False  # built with the config's backend settings
+
+
+def test_from_config_falls_back_to_the_backend_model_and_honours_the_flag() -> None:
+    assert ModelPreloader.from_config(_config()).names() == ["ollama:base@http://127.0.0.1:9"]
+    off = _config(
+        performance_optimizations={"enable_model_preloading": False},
+        preload={"models": ["a", "b"]},
+    )
+    assert ModelPreloader.from_config(off).names() == []

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sys
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from langchain_core.runnables import RunnableGenerator, RunnableLambda
+from langchain_core.runnables import Runnable, RunnableGenerator, RunnableLambda
 from pydantic import BaseModel
 
 from langchain_fastpipe.errors import AllStrategiesFailedError, ConfigError
@@ -20,6 +22,7 @@ from langchain_fastpipe.pipeline import (
     RankingState,
     Strategy,
     StrategyStats,
+    StrategyTimeoutError,
     StrategyValidationError,
     ThompsonPolicy,
     beta_posterior,
@@ -520,3 +523,119 @@ def test_drop_in_constructor_and_registry() -> None:
     assert r.invoke("hi") == "hi!"
     assert get_stats()["strategies"]["dropin-test"]["requests"] == 1
     assert isinstance(r.store, MemoryStore)
+
+
+# -- one deadline per attempt, counters under a lock, kwargs forwarded ----------------
+
+
+async def test_total_timeout_arms_one_timer_per_attempt_not_one_per_chunk() -> None:
+    sleeps: list[float] = []
+
+    async def counting_never(seconds: float) -> None:
+        sleeps.append(seconds)
+        await asyncio.Event().wait()
+
+    a = Behaviour(chunks=[f"c{i}" for i in range(20)])
+    r = ranked(("A", fake("A", a)), optimized=False, total_timeout=30.0, sleep=counting_never)
+    assert [c async for c in r.astream("q")] == a.chunks
+    assert await r.ainvoke("q") == "".join(a.chunks)
+    assert len(sleeps) == 2  # one per attempt (two calls), none per chunk
+
+
+async def test_total_timeout_passing_while_the_consumer_is_away_fails_the_next_read() -> None:
+    fire = asyncio.Event()
+
+    async def controlled(_seconds: float) -> None:
+        await fire.wait()
+
+    a = Behaviour(chunks=["a1", "a2", "a3"])
+    r = ranked(("A", fake("A", a)), optimized=False, total_timeout=30.0, sleep=controlled)
+    stream = r.astream("q")
+    assert await stream.__anext__() == "a1"
+    fire.set()  # the deadline passes while the consumer holds the first chunk
+    for _ in range(5):
+        await asyncio.sleep(0)
+    with pytest.raises(StrategyTimeoutError):
+        await stream.__anext__()
+    assert a.finally_ran == 1
+    assert r.stats()["strategies"]["A"]["failures"] == {"timeout": 1}
+
+
+async def test_cancelling_the_consumer_is_not_turned_into_a_timeout() -> None:
+    a = Behaviour(chunks=["a1", "a2"], hang_after_first=True)
+    r = ranked(("A", fake("A", a)), optimized=False, total_timeout=30.0, sleep=never)
+    got: list[str] = []
+
+    async def consume() -> None:
+        async for chunk in r.astream("q"):
+            got.append(chunk)
+
+    task = asyncio.create_task(consume())
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert got == ["a1"]
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert a.finally_ran == 1
+    assert r.stats()["strategies"]["A"]["failures"] == {}
+
+
+def test_counters_stay_exact_under_concurrent_threads() -> None:
+    r = RankedFallbacks(
+        runnable=RunnableLambda(lambda x: x), names=["A"], policy=FixedOrderPolicy()
+    )
+    threads, calls = 4, 400
+
+    def work() -> None:
+        for _ in range(calls):
+            r.invoke("q")
+
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: races show up
+    try:
+        with ThreadPoolExecutor(threads) as pool:  # .result() re-raises a worker's error
+            for future in [pool.submit(work) for _ in range(threads)]:
+                future.result()
+    finally:
+        sys.setswitchinterval(previous)
+    stats = r.stats()
+    total = threads * calls
+    assert stats["requests"] == total
+    assert stats["strategies"]["A"]["attempts"] == total
+    assert stats["strategies"]["A"]["successes"] == total
+    assert stats["strategies"]["A"]["ranked_first"] == total
+
+
+class KwargsProbe(Runnable[Any, str]):
+    """Records the keyword arguments each call receives."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, dict[str, Any]]] = []
+
+    def invoke(self, input: Any, config: Any = None, **kwargs: Any) -> str:
+        self.seen.append(("invoke", kwargs))
+        return "ok"
+
+    def stream(self, input: Any, config: Any = None, **kwargs: Any) -> Iterator[str]:
+        self.seen.append(("stream", kwargs))
+        yield "ok"
+
+    async def astream(self, input: Any, config: Any = None, **kwargs: Any) -> AsyncIterator[str]:
+        self.seen.append(("astream", kwargs))
+        yield "ok"
+
+
+async def test_call_kwargs_reach_the_strategy_like_with_fallbacks() -> None:
+    probe = KwargsProbe()
+    r = ranked(("P", probe))
+    assert r.invoke("q", stop=["\n"]) == "ok"
+    assert list(r.stream("q", stop=["\n"])) == ["ok"]
+    assert await r.ainvoke("q", stop=["\n"]) == "ok"
+    assert [c async for c in r.astream("q", stop=["\n"])] == ["ok"]
+    assert probe.seen == [
+        ("stream", {"stop": ["\n"]}),
+        ("stream", {"stop": ["\n"]}),
+        ("astream", {"stop": ["\n"]}),
+        ("astream", {"stop": ["\n"]}),
+    ]

@@ -55,7 +55,7 @@ class TestChatFastpipeOllamaStandard(TestChatFastpipeStandard):
     @property
     def init_from_env_params(self) -> tuple[dict[str, str], dict[str, Any], dict[str, Any]]:
         return (
-            {"OPENAI_API_KEY": "env-key"},
+            {"FASTPIPE_API_KEY": "env-key"},
             {"model": "emulator", "provider": "ollama"},
             {"api_key": "env-key", "base_url": "http://127.0.0.1:11434"},
         )

@@ -8,6 +8,7 @@ import gc
 import itertools
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
+from unittest import mock
 
 import pytest
 from langchain_core.language_models.fake_chat_models import (
@@ -710,3 +711,24 @@ def test_ttft_handler_without_streaming_records_no_ttft() -> None:
     FakeListChatModel(responses=["x"]).invoke("hi", {"callbacks": [handler]})
     assert handler.timings[0].time_to_first_token is None
     assert collector.snapshot()["models"] == {}
+
+
+def test_each_item_is_resolved_once_and_its_metadata_not_copied(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import langchain_fastpipe.streaming as streaming
+
+    spy = mock.Mock(wraps=streaming._message_of)
+    monkeypatch.setattr(streaming, "_message_of", spy)
+    usage = {"input_tokens": 3, "output_tokens": 2, "total_tokens": 5}
+    items = [
+        AIMessageChunk(content="a", response_metadata={"model_name": "m"}),
+        ChatGenerationChunk(message=AIMessageChunk(content="b", usage_metadata=usage)),
+        AIMessageChunk(content="", chunk_position="last"),
+    ]
+    chunks = list(streaming.iter_chunks(iter(items), collector=None))
+    assert spy.call_count == len(items)  # one resolution per item, not one per field
+    assert [c.text for c in chunks] == ["a", "b", ""]
+    assert chunks[0].metadata is items[0].response_metadata  # no per-chunk dict copy
+    assert chunks[1].usage == usage
+    assert chunks[2].is_last

@@ -117,7 +117,7 @@ def test_redact_url() -> None:
 
 
 def test_secret_never_in_repr_or_stats() -> None:
-    cfg = EndpointConfig(base_url=f"https://user:{SECRET}@api.example.com/v1?api_key={SECRET}")
+    cfg = EndpointConfig(base_url=f"https://user:{SECRET}@api.example.com/v1")
     pool = get_pool(cfg)
     assert SECRET not in repr(cfg)
     assert SECRET not in repr(pool)
@@ -125,3 +125,20 @@ def test_secret_never_in_repr_or_stats() -> None:
     assert SECRET not in str(pool.stats())
     assert SECRET not in str(get_stats())
     assert "https://api.example.com:443/v1" in get_stats()["pools"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"https://api.example.com/v1?api_key={SECRET}",
+        f"https://api.example.com/v1#{SECRET}",
+        "https://api.example.com/v1?",
+        f"http://127.0.0.1:8080?key={SECRET}",
+    ],
+)
+def test_query_or_fragment_is_rejected_without_showing_it(url: str) -> None:
+    # A query would end up before the appended path ("/v1?k=x/chat/completions") and
+    # may hold a key; it is refused, and the message shows the redacted URL only.
+    with pytest.raises(ConfigError, match="query or fragment") as info:
+        EndpointConfig(base_url=url)
+    assert SECRET not in str(info.value)

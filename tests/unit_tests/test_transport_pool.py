@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
+import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import httpx
@@ -504,3 +507,167 @@ async def test_get_and_timeout_override() -> None:
     assert seen[0].extensions["timeout"]["read"] == 2.0
     with pytest.raises(ConfigError, match="timeout"):
         await pool.aget("/models", timeout=0)
+
+
+# -- review fixes ------------------------------------------------------------------------
+
+
+async def test_stream_cut_after_headers_is_not_replayed() -> None:
+    # Headers arrived, then the first body read failed: with max_retries=0 that is one
+    # request (it used to be resent 3 times as a "stale connection").
+    body = AsyncChunks([], error=httpx.ReadError("connection reset"))
+    handler, seen = sequence(httpx.Response(200, stream=body))
+    pool, _rec = make_pool(handler, retry=RetryPolicy(max_retries=0))
+    with pytest.raises(EndpointConnectError):
+        await collect(pool.astream("/chat", {}), [])
+    assert len(seen) == 1
+    assert pool.stats()["replays"] == 0
+
+
+def test_json_body_cut_after_headers_is_not_replayed() -> None:
+    body = SyncChunks([b'{"a": '], error=httpx.RemoteProtocolError("peer closed"))
+    handler, seen = sequence(httpx.Response(200, stream=body))
+    pool, _ = make_pool(handler, retry=RetryPolicy(max_retries=0))
+    with pytest.raises(EndpointConnectError):
+        pool.post_json("/x", {})
+    assert len(seen) == 1
+
+
+async def test_replays_have_one_cap_per_call_then_count_as_retries() -> None:
+    from langchain_fastpipe.transport._retry import GOAWAY_REPLAYS
+
+    goaway = httpx.RemoteProtocolError("<ConnectionTerminated error_code:0, last_stream_id:1>")
+    handler, seen = sequence(goaway)
+    pool, rec = make_pool(
+        handler, retry=RetryPolicy(max_retries=2), breaker=BreakerPolicy(failure_threshold=1)
+    )
+    with pytest.raises(EndpointConnectError):
+        await pool.apost_json("/x", {})
+    # The replays are shared by all attempts (not 3 per attempt), then max_retries.
+    assert len(seen) == 1 + GOAWAY_REPLAYS + 2
+    assert len(rec.delays) == 2
+    assert pool.stats()["replays"] == GOAWAY_REPLAYS
+    assert pool.breaker.state == "closed"  # a server recycling connections is alive
+
+
+HEADER_LEAK = httpx.LocalProtocolError(f"Illegal header value b'Bearer {SECRET}\\n'")
+
+
+def chain(exc: BaseException | None) -> list[BaseException]:
+    seen: list[BaseException] = []
+    while exc is not None and exc not in seen:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return seen
+
+
+def assert_no_secret(error: BaseException) -> None:
+    for link in chain(error):
+        assert SECRET not in str(link)
+        assert SECRET not in repr(link)
+
+
+async def test_mid_stream_header_error_is_typed_without_the_header() -> None:
+    body = AsyncChunks([b"first"], error=HEADER_LEAK)
+    handler, _ = sequence(httpx.Response(200, stream=body))
+    pool, _ = make_pool(handler)
+    with pytest.raises(ProtocolViolationError) as info:
+        await collect(pool.astream("/chat", {}), [])
+    assert "value withheld" in str(info.value)
+    assert_no_secret(info.value)
+
+
+def test_sync_mid_stream_header_error_is_typed_without_the_header() -> None:
+    body = SyncChunks([b"first"], error=HEADER_LEAK)
+    handler, _ = sequence(httpx.Response(200, stream=body))
+    pool, _ = make_pool(handler)
+    with pytest.raises(ProtocolViolationError) as info:
+        list(pool.stream("/chat", {}))
+    assert_no_secret(info.value)
+
+
+async def test_warm_header_error_is_typed_without_the_header() -> None:
+    handler, _ = sequence(HEADER_LEAK)
+    pool, _ = make_pool(handler)
+    with pytest.raises(ProtocolViolationError) as info:
+        await pool.awarm(2)
+    assert_no_secret(info.value)
+    with pytest.raises(ProtocolViolationError) as sync_info:
+        pool.warm(1)
+    assert_no_secret(sync_info.value)
+
+
+async def test_request_header_error_is_typed_without_the_header() -> None:
+    handler, _ = sequence(HEADER_LEAK)
+    pool, _ = make_pool(handler)
+    with pytest.raises(ProtocolViolationError) as info:
+        await pool.apost_json("/x", {})
+    assert_no_secret(info.value)
+
+
+async def test_mid_stream_timeout_counts_for_the_breaker() -> None:
+    body = AsyncChunks([b"first"], error=httpx.ReadTimeout("stall"))
+    handler, _ = sequence(httpx.Response(200, stream=body))
+    pool, _ = make_pool(handler, breaker=BreakerPolicy(failure_threshold=1))
+    with pytest.raises(EndpointTimeoutError):
+        await collect(pool.astream("/chat", {}), [])
+    assert pool.breaker.state == "open"
+
+
+async def test_other_4xx_is_a_langchain_model_api_error() -> None:
+    from langchain_core.exceptions import ModelAPIError
+
+    from langchain_fastpipe.errors import HTTPStatusError
+
+    handler, seen = sequence(httpx.Response(402, text="payment required"))
+    pool, _ = make_pool(handler)
+    with pytest.raises(ModelAPIError) as info:
+        await pool.apost_json("/x", {})
+    assert type(info.value) is HTTPStatusError
+    assert info.value.is_retryable is False
+    assert len(seen) == 1
+
+
+async def test_error_body_is_read_up_to_a_cap_on_streams() -> None:
+    handler, _ = sequence(httpx.Response(500, content=b"x" * (200 * 1024)))
+    pool, _ = make_pool(handler, retry=RetryPolicy(max_retries=0))
+    with pytest.raises(ServerError) as info:
+        await collect(pool.astream("/chat", {}), [])
+    assert info.value.body == "x" * 500
+
+
+class SlowInt(int):
+    """An int whose ``+`` lets other threads run between the read and the write of ``+=``."""
+
+    def __add__(self, other: object) -> SlowInt:
+        time.sleep(0)
+        return SlowInt(int(self) + int(other))  # type: ignore[call-overload]
+
+
+def test_counters_do_not_lose_updates_across_threads() -> None:
+    from langchain_fastpipe.transport import EndpointStats
+
+    stats = EndpointStats("http://x:1")
+    stats.requests = SlowInt(0)
+    stats.in_flight = SlowInt(0)
+    per_thread = 300
+
+    def work() -> None:
+        for _ in range(per_thread):
+            stats.count_request()
+            stats.enter()
+            stats.leave()
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(old)
+    snap = stats.snapshot()
+    assert snap["requests"] == 4 * per_thread
+    assert snap["in_flight"] == 0

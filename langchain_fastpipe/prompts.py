@@ -1,0 +1,24 @@
+"""Prompts shared by the library, the benchmarks and the ``fastpipe`` command.
+
+A neutral module (it imports only langchain-core), so library code such as
+:mod:`langchain_fastpipe.bench` never depends on the command-line module.
+"""
+
+from __future__ import annotations
+
+from langchain_core.prompts import ChatPromptTemplate
+
+__all__ = ["FEW_SHOT_PROMPT"]
+
+#: A few-shot prompt that makes a small base model answer in a few words (REAL-MODEL.md).
+#: Its one input variable is ``question``.
+FEW_SHOT_PROMPT = ChatPromptTemplate.from_messages(
+    [
+        ("system", "Answer with a few words only."),
+        ("human", "What is the capital of Italy?"),
+        ("ai", "Rome"),
+        ("human", "What colour is the sky on a clear day?"),
+        ("ai", "Blue"),
+        ("human", "{question}"),
+    ]
+)
