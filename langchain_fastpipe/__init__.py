@@ -38,6 +38,7 @@ from langchain_fastpipe.transport import (
     PooledClient,
     PoolLimits,
     RetryPolicy,
+    aclose_pools,
     get_pool,
 )
 
@@ -63,6 +64,7 @@ __all__ = [
     "StreamingChunk",
     "TimeToFirstTokenHandler",
     "__version__",
+    "aclose_pools",
     "astream_chunks",
     "astream_to_buffer",
     "astream_to_callback",

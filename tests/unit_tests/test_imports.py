@@ -24,6 +24,7 @@ EXPECTED_ALL = [
     "StreamingChunk",
     "TimeToFirstTokenHandler",
     "__version__",
+    "aclose_pools",
     "astream_chunks",
     "astream_to_buffer",
     "astream_to_callback",
