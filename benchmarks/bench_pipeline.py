@@ -41,8 +41,9 @@ def chain(
         # Figure 1 is about ranking: keep the endpoint's circuit breaker from turning A's
         # 200 ms failures into instant ones (for with_fallbacks and ranked alike).
         kwargs["breaker_failure_threshold"] = 1_000_000
-    llm = ChatFastpipe(model=model, base_url=server.openai_base_url, api_key="sk-bench",
-                       max_retries=0, **kwargs)
+    llm = ChatFastpipe(
+        model=model, base_url=server.openai_base_url, api_key="sk-bench", max_retries=0, **kwargs
+    )
     return llm | StrOutputParser()
 
 
@@ -87,14 +88,22 @@ async def figure_ranked(server: EmulatorServer) -> dict[str, Any]:
 
 async def figure_hedging(server: EmulatorServer) -> dict[str, Any]:
     def strategies() -> list[Strategy]:
-        return [Strategy(name="replica-1", runnable=chain(server, "tail-1"), validator=is_answer),
-                Strategy(name="replica-2", runnable=chain(server, "tail-2"), validator=is_answer)]
+        return [
+            Strategy(name="replica-1", runnable=chain(server, "tail-1"), validator=is_answer),
+            Strategy(name="replica-2", runnable=chain(server, "tail-2"), validator=is_answer),
+        ]
 
     plain = RankedFallbacks(strategies=strategies(), optimized=False)
     # The learned delay is a quantile of the leader's time to first chunk; with 6.5% of
     # requests in the tail, p95 lies inside the tail, so this server is hedged at p92.
-    hedged = RankedFallbacks(strategies=strategies(), optimized=True, seed=0, hedge=True,
-                             hedge_quantile=0.92, hedge_min_samples=20)
+    hedged = RankedFallbacks(
+        strategies=strategies(),
+        optimized=True,
+        seed=0,
+        hedge=True,
+        hedge_quantile=0.92,
+        hedge_min_samples=20,
+    )
     for i in range(30):
         await hedged.ainvoke(f"warm-up {i}")
     extra_before = hedged.stats()["extra_requests"]
@@ -125,12 +134,16 @@ class _FallbackClock(AsyncCallbackHandler):
 
 
 async def figure_hang(server: EmulatorServer) -> dict[str, Any]:
-    hangs = ChatFastpipe(model="hangs", base_url=server.openai_base_url, api_key="sk-bench",
-                         max_retries=0)
+    hangs = ChatFastpipe(
+        model="hangs", base_url=server.openai_base_url, api_key="sk-bench", max_retries=0
+    )
     ranked = RankedFallbacks(
-        strategies=[Strategy(name="hangs", runnable=hangs | StrOutputParser()),
-                    Strategy(name="works", runnable=chain(server, "b-steady"))],
-        optimized=False, first_chunk_timeout=FIRST_CHUNK_TIMEOUT,
+        strategies=[
+            Strategy(name="hangs", runnable=hangs | StrOutputParser()),
+            Strategy(name="works", runnable=chain(server, "b-steady")),
+        ],
+        optimized=False,
+        first_chunk_timeout=FIRST_CHUNK_TIMEOUT,
     )
     delays = []
     for i in range(HANG_RUNS):
@@ -149,17 +162,29 @@ async def figure_hang(server: EmulatorServer) -> dict[str, Any]:
 
 async def main() -> None:
     steady = dict(first_token_seconds=0.03, inter_token_seconds=0.002, answer_tokens=8)
-    tail = dict(first_token_seconds=0.01, inter_token_seconds=0.001, answer_tokens=4,
-                ttft_tail_rate=0.065, ttft_tail_seconds=0.25)
-    config = EmulatorConfig(seed=1, models={
-        "a-flaky": ModelProfile(first_token_seconds=0.02, inter_token_seconds=0.002,
-                                answer_tokens=8, fail_rate=0.6,
-                                fail_fault=Fault.hang_before_first_byte(1.0)),
-        "b-steady": ModelProfile(**steady),  # type: ignore[arg-type]
-        "tail-1": ModelProfile(**tail),  # type: ignore[arg-type]
-        "tail-2": ModelProfile(**tail),  # type: ignore[arg-type]
-        "hangs": ModelProfile(fail_rate=1.0, fail_fault=Fault.hang_before_first_byte(3.0)),
-    })
+    tail = dict(
+        first_token_seconds=0.01,
+        inter_token_seconds=0.001,
+        answer_tokens=4,
+        ttft_tail_rate=0.065,
+        ttft_tail_seconds=0.25,
+    )
+    config = EmulatorConfig(
+        seed=1,
+        models={
+            "a-flaky": ModelProfile(
+                first_token_seconds=0.02,
+                inter_token_seconds=0.002,
+                answer_tokens=8,
+                fail_rate=0.6,
+                fail_fault=Fault.hang_before_first_byte(1.0),
+            ),
+            "b-steady": ModelProfile(**steady),  # type: ignore[arg-type]
+            "tail-1": ModelProfile(**tail),  # type: ignore[arg-type]
+            "tail-2": ModelProfile(**tail),  # type: ignore[arg-type]
+            "hangs": ModelProfile(fail_rate=1.0, fail_fault=Fault.hang_before_first_byte(3.0)),
+        },
+    )
     began = time.perf_counter()
     with EmulatorServer(config) as server:
         ranked = await figure_ranked(server)
@@ -167,27 +192,56 @@ async def main() -> None:
         hang = await figure_hang(server)
     ms = 1000.0
     rows = [
-        ("1 ranked vs with_fallbacks", "mean latency",
-         f"{ranked['baseline_mean'] * ms:.0f} ms", f"{ranked['ranked_mean'] * ms:.0f} ms",
-         f"{ranked['ratio']:.2f}x", "<= 0.50x"),
-        ("", "success rate", f"{ranked['baseline_success']:.0%}",
-         f"{ranked['ranked_success']:.0%}", "", "no lower"),
-        ("2 hedging (heavy tail)", "p50", f"{hedging['plain_p50'] * ms:.0f} ms",
-         f"{hedging['hedged_p50'] * ms:.0f} ms", "", ""),
-        ("", "p95", f"{hedging['plain_p95'] * ms:.0f} ms", f"{hedging['hedged_p95'] * ms:.0f} ms",
-         f"{hedging['p95_ratio']:.2f}x", "<= 0.50x"),
+        (
+            "1 ranked vs with_fallbacks",
+            "mean latency",
+            f"{ranked['baseline_mean'] * ms:.0f} ms",
+            f"{ranked['ranked_mean'] * ms:.0f} ms",
+            f"{ranked['ratio']:.2f}x",
+            "<= 0.50x",
+        ),
+        (
+            "",
+            "success rate",
+            f"{ranked['baseline_success']:.0%}",
+            f"{ranked['ranked_success']:.0%}",
+            "",
+            "no lower",
+        ),
+        (
+            "2 hedging (heavy tail)",
+            "p50",
+            f"{hedging['plain_p50'] * ms:.0f} ms",
+            f"{hedging['hedged_p50'] * ms:.0f} ms",
+            "",
+            "",
+        ),
+        (
+            "",
+            "p95",
+            f"{hedging['plain_p95'] * ms:.0f} ms",
+            f"{hedging['hedged_p95'] * ms:.0f} ms",
+            f"{hedging['p95_ratio']:.2f}x",
+            "<= 0.50x",
+        ),
         ("", "extra requests", "0%", f"{hedging['extra_share']:.1%}", "", "<= 10%"),
-        ("3 hang before first byte", "fallback after (median/max)",
-         f"limit {(FIRST_CHUNK_TIMEOUT + 0.05) * ms:.0f} ms",
-         f"{hang['median'] * ms:.0f}/{hang['max'] * ms:.0f} ms", "",
-         f"in_flight after: {hang['in_flight']}"),
+        (
+            "3 hang before first byte",
+            "fallback after (median/max)",
+            f"limit {(FIRST_CHUNK_TIMEOUT + 0.05) * ms:.0f} ms",
+            f"{hang['median'] * ms:.0f}/{hang['max'] * ms:.0f} ms",
+            "",
+            f"in_flight after: {hang['in_flight']}",
+        ),
     ]
     header = ("figure", "measure", "baseline", "fastpipe", "ratio", "target")
     widths = [max(len(str(r[i])) for r in (*rows, header)) for i in range(len(header))]
     for row in (header, *rows):
         print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)))
-    print(f"plain p95/p50 = {hedging['plain_p95'] / hedging['plain_p50']:.1f}x; "
-          f"total {time.perf_counter() - began:.1f} s")
+    print(
+        f"plain p95/p50 = {hedging['plain_p95'] / hedging['plain_p50']:.1f}x; "
+        f"total {time.perf_counter() - began:.1f} s"
+    )
 
 
 if __name__ == "__main__":

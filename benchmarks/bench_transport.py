@@ -49,7 +49,9 @@ def payload(*, stream: bool, max_tokens: int) -> dict[str, Any]:
 
 
 def httpx_client(limit: int, *, http2: bool = False) -> httpx.AsyncClient:
-    limits = httpx.Limits(max_connections=limit, max_keepalive_connections=min(limit, 20 if limit == 50 else limit))
+    limits = httpx.Limits(
+        max_connections=limit, max_keepalive_connections=min(limit, 20 if limit == 50 else limit)
+    )
     return httpx.AsyncClient(
         limits=limits, timeout=httpx.Timeout(30.0, connect=5.0), http1=not http2, http2=http2
     )
@@ -60,14 +62,18 @@ def raw_httpx_invoke(client: httpx.AsyncClient, base: str, max_tokens: int) -> C
     headers = {"Authorization": f"Bearer {KEY}"}
 
     async def call() -> int:
-        r = await client.post(url, json=payload(stream=False, max_tokens=max_tokens), headers=headers)
+        r = await client.post(
+            url, json=payload(stream=False, max_tokens=max_tokens), headers=headers
+        )
         r.raise_for_status()
         return len(r.json()["choices"][0]["message"]["content"]) and 1
 
     return call
 
 
-def raw_httpx_stream(client: httpx.AsyncClient, base: str, max_tokens: int, ttft: list[float]) -> Call:
+def raw_httpx_stream(
+    client: httpx.AsyncClient, base: str, max_tokens: int, ttft: list[float]
+) -> Call:
     url = f"{base}/v1/chat/completions"
     headers = {"Authorization": f"Bearer {KEY}"}
 
@@ -133,8 +139,15 @@ def lc_stream(model: Any, ttft: list[float] | None = None) -> Call:
     return call
 
 
-def fastpipe(base: str, *, limit: int = 50, keepalive: int = 20, h2c: bool = False, max_tokens: int,
-             engine: str = "httpx") -> ChatFastpipe:
+def fastpipe(
+    base: str,
+    *,
+    limit: int = 50,
+    keepalive: int = 20,
+    h2c: bool = False,
+    max_tokens: int,
+    engine: str = "httpx",
+) -> ChatFastpipe:
     return ChatFastpipe(
         engine=engine,
         provider="openai",
@@ -153,7 +166,10 @@ def chatopenai(base: str, *, max_tokens: int, limit: int | None = None) -> ChatO
     kwargs: dict[str, Any] = {}
     if limit is not None:
         kwargs["http_async_client"] = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=limit, max_keepalive_connections=min(limit, 20 if limit == 50 else limit)),
+            limits=httpx.Limits(
+                max_connections=limit,
+                max_keepalive_connections=min(limit, 20 if limit == 50 else limit),
+            ),
             timeout=httpx.Timeout(30.0, connect=5.0),
         )
     return ChatOpenAI(
@@ -170,7 +186,9 @@ def chatopenai(base: str, *, max_tokens: int, limit: int | None = None) -> ChatO
 # --- measurement ------------------------------------------------------------------------------
 
 
-async def sequential(calls: dict[str, Call], *, rounds: int, per_round: int) -> dict[str, dict[str, float]]:
+async def sequential(
+    calls: dict[str, Call], *, rounds: int, per_round: int
+) -> dict[str, dict[str, float]]:
     """Per-call wall time and client CPU, interleaving contenders round by round."""
     wall: dict[str, list[float]] = {k: [] for k in calls}
     cpu: dict[str, list[float]] = {k: [] for k in calls}
@@ -189,7 +207,11 @@ async def sequential(calls: dict[str, Call], *, rounds: int, per_round: int) -> 
             wall[name].append((time.perf_counter() - t0) / per_round)
             cpu[name].append((time.process_time() - c0) / per_round)
     return {
-        k: {"wall": median(wall[k]), "cpu": median(cpu[k]), "chunks": chunks[k] / (rounds * per_round)}
+        k: {
+            "wall": median(wall[k]),
+            "cpu": median(cpu[k]),
+            "chunks": chunks[k] / (rounds * per_round),
+        }
         for k in calls
     }
 
@@ -206,7 +228,7 @@ async def concurrent(call: Call, *, concurrency: int, total: int) -> dict[str, f
             t0 = time.perf_counter()
             try:
                 await call()
-            except Exception:  # noqa: BLE001 - counted and reported
+            except Exception:
                 errors += 1
                 continue
             latencies.append(time.perf_counter() - t0)
@@ -251,11 +273,15 @@ async def bench_overhead(base: str, quick: bool) -> list[str]:
         )
         raw = res["raw httpx"]["wall"]
         rows = [
-            [name, r["wall"] * 1000, r["cpu"] * 1000, r["wall"] / raw]
-            for name, r in res.items()
+            [name, r["wall"] * 1000, r["cpu"] * 1000, r["wall"] / raw] for name, r in res.items()
         ]
-        out.append(table("ainvoke, sequential, HTTP/1.1 (median per call)",
-                         ["client", "wall ms", "client CPU ms", "x raw httpx"], rows))
+        out.append(
+            table(
+                "ainvoke, sequential, HTTP/1.1 (median per call)",
+                ["client", "wall ms", "client CPU ms", "x raw httpx"],
+                rows,
+            )
+        )
 
         ttft: dict[str, list[float]] = {"raw httpx": [], "ChatFastpipe": [], "ChatOpenAI": []}
         fp_s = fastpipe(base, max_tokens=200)
@@ -274,13 +300,30 @@ async def bench_overhead(base: str, quick: bool) -> list[str]:
         rows = []
         for name, r in res.items():
             per_chunk = r["cpu"] / max(1.0, r["chunks"])
-            rows.append([
-                name, r["chunks"], per_chunk * 1e6, per_chunk / co_cpu,
-                median(ttft[name]) * 1000, (median(ttft[name]) - raw_ttft) * 1000,
-            ])
-        out.append(table("astream, 200 tokens, HTTP/1.1 (medians)",
-                         ["client", "chunks/call", "CPU us/chunk", "x ChatOpenAI", "TTFT ms",
-                          "TTFT over raw ms"], rows))
+            rows.append(
+                [
+                    name,
+                    r["chunks"],
+                    per_chunk * 1e6,
+                    per_chunk / co_cpu,
+                    median(ttft[name]) * 1000,
+                    (median(ttft[name]) - raw_ttft) * 1000,
+                ]
+            )
+        out.append(
+            table(
+                "astream, 200 tokens, HTTP/1.1 (medians)",
+                [
+                    "client",
+                    "chunks/call",
+                    "CPU us/chunk",
+                    "x ChatOpenAI",
+                    "TTFT ms",
+                    "TTFT over raw ms",
+                ],
+                rows,
+            )
+        )
     return out
 
 
@@ -291,53 +334,113 @@ async def bench_concurrency(base: str, quick: bool) -> list[str]:
         total = conc * (2 if quick else 4)
         rows: list[list[object]] = []
         for label, limit in (("default limits (50)", 50), (f"limits = {conc}", conc)):
-            async with httpx_client(limit) as client, aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=limit)
-            ) as session:
+            async with (
+                httpx_client(limit) as client,
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit)) as session,
+            ):
                 contenders: dict[str, Call] = {
                     "raw httpx h1": raw_httpx_stream(client, base, tokens, []),
                     "aiohttp h1": aiohttp_stream(session, base, tokens),
-                    "ChatFastpipe h1": lc_stream(fastpipe(base, limit=limit, keepalive=min(limit, 20 if limit == 50 else limit), max_tokens=tokens)),
-                    "ChatFastpipe aiohttp": lc_stream(fastpipe(base, limit=limit, keepalive=min(limit, 20 if limit == 50 else limit), max_tokens=tokens, engine="aiohttp")),
+                    "ChatFastpipe h1": lc_stream(
+                        fastpipe(
+                            base,
+                            limit=limit,
+                            keepalive=min(limit, 20 if limit == 50 else limit),
+                            max_tokens=tokens,
+                        )
+                    ),
+                    "ChatFastpipe aiohttp": lc_stream(
+                        fastpipe(
+                            base,
+                            limit=limit,
+                            keepalive=min(limit, 20 if limit == 50 else limit),
+                            max_tokens=tokens,
+                            engine="aiohttp",
+                        )
+                    ),
                     "ChatOpenAI": lc_stream(chatopenai(base, max_tokens=tokens, limit=limit)),
                 }
                 results = {}
-                for name, call in contenders.items():
+                for call in contenders.values():
                     await concurrent(call, concurrency=min(conc, 16), total=32)  # warm
                 for name in random.sample(list(contenders), len(contenders)):
-                    results[name] = await concurrent(contenders[name], concurrency=conc, total=total)
+                    results[name] = await concurrent(
+                        contenders[name], concurrency=conc, total=total
+                    )
                 ref_co = results["ChatOpenAI"]["rps"]
                 ref_raw = results["raw httpx h1"]["rps"]
                 for name, r in results.items():
-                    rows.append([label, name, r["rps"], r["rps"] / ref_co, r["rps"] / ref_raw,
-                                 r["p95"] * 1000, r["cpu_ms"], int(r["errors"])])
+                    rows.append(
+                        [
+                            label,
+                            name,
+                            r["rps"],
+                            r["rps"] / ref_co,
+                            r["rps"] / ref_raw,
+                            r["p95"] * 1000,
+                            r["cpu_ms"],
+                            int(r["errors"]),
+                        ]
+                    )
         async with httpx_client(conc, http2=True) as client:
             h2 = {
                 "raw httpx h2c": raw_httpx_stream(client, base, tokens, []),
-                "ChatFastpipe h2c": lc_stream(fastpipe(base, limit=conc, keepalive=20, h2c=True, max_tokens=tokens)),
+                "ChatFastpipe h2c": lc_stream(
+                    fastpipe(base, limit=conc, keepalive=20, h2c=True, max_tokens=tokens)
+                ),
             }
             for name, call in h2.items():
                 await concurrent(call, concurrency=16, total=32)
                 r = await concurrent(call, concurrency=conc, total=total)
-                rows.append(["HTTP/2 (h2c)", name, r["rps"], r["rps"] / ref_co, r["rps"] / ref_raw,
-                             r["p95"] * 1000, r["cpu_ms"], int(r["errors"])])
-        out.append(table(f"{conc} concurrent streams x {tokens} tokens ({total} requests each)",
-                         ["limits", "client", "req/s", "x ChatOpenAI", "x raw httpx", "p95 ms",
-                          "CPU ms/req", "errors"], rows))
+                rows.append(
+                    [
+                        "HTTP/2 (h2c)",
+                        name,
+                        r["rps"],
+                        r["rps"] / ref_co,
+                        r["rps"] / ref_raw,
+                        r["p95"] * 1000,
+                        r["cpu_ms"],
+                        int(r["errors"]),
+                    ]
+                )
+        out.append(
+            table(
+                f"{conc} concurrent streams x {tokens} tokens ({total} requests each)",
+                [
+                    "limits",
+                    "client",
+                    "req/s",
+                    "x ChatOpenAI",
+                    "x raw httpx",
+                    "p95 ms",
+                    "CPU ms/req",
+                    "errors",
+                ],
+                rows,
+            )
+        )
     return out
 
 
 async def bench_connections(base: str) -> list[str]:
     rows = []
-    for name, model in (("ChatFastpipe", fastpipe(base, max_tokens=10)),
-                        ("ChatOpenAI", chatopenai(base, max_tokens=10))):
+    for name, model in (
+        ("ChatFastpipe", fastpipe(base, max_tokens=10)),
+        ("ChatOpenAI", chatopenai(base, max_tokens=10)),
+    ):
         before = emulator_stats(base)["connections_opened"]
         for _ in range(100):
             async for _chunk in model.astream(LC_MESSAGES):
                 pass
         rows.append([name, emulator_stats(base)["connections_opened"] - before])
-    return [table("connections opened by 100 sequential streamed calls (server's count)",
-                  ["client", "connections"], rows)]
+    return [
+        table(
+            "connections opened by 100 sequential streamed calls (server's count)",
+            ["client", "connections"],
+            rows,
+        )
+    ]
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -347,10 +450,13 @@ async def main_async(args: argparse.Namespace) -> None:
         sections += await bench_connections(base)
         sections += await bench_concurrency(base, args.quick)
     fp_imp, co_imp = import_time("langchain_fastpipe"), import_time("langchain_openai")
-    sections.append(table("import time (median of 5 fresh processes)",
-                          ["module", "seconds", "x langchain_openai"],
-                          [["langchain_fastpipe", fp_imp, fp_imp / co_imp],
-                           ["langchain_openai", co_imp, 1.0]]))
+    sections.append(
+        table(
+            "import time (median of 5 fresh processes)",
+            ["module", "seconds", "x langchain_openai"],
+            [["langchain_fastpipe", fp_imp, fp_imp / co_imp], ["langchain_openai", co_imp, 1.0]],
+        )
+    )
     print("\n".join(sections))
 
 
