@@ -65,11 +65,16 @@ class PoolLimits:
         max_keepalive_connections: Idle connections kept open for reuse.
         max_connections: Connections open at once (HTTP/2 multiplexes many requests on one).
         keepalive_expiry: Seconds an idle connection is kept before it is closed.
+        max_concurrent_streams: Requests in flight at once over HTTP/2. httpcore puts
+            every request to one origin on a single HTTP/2 connection, and a server
+            refuses streams beyond its ``SETTINGS_MAX_CONCURRENT_STREAMS`` (100 for
+            nginx, hypercorn and most others), so keep it at or below that value.
     """
 
     max_keepalive_connections: int = 20
     max_connections: int = 50
     keepalive_expiry: float = 30.0
+    max_concurrent_streams: int = 100
 
     def __post_init__(self) -> None:
         """Validate the limits."""
@@ -78,6 +83,8 @@ class PoolLimits:
         _check_int("PoolLimits", "max_connections", self.max_connections, minimum=1)
         _check_number("PoolLimits", "keepalive_expiry", self.keepalive_expiry,
                       minimum=0, strict=False)  # fmt: skip
+        _check_int("PoolLimits", "max_concurrent_streams", self.max_concurrent_streams,
+                   minimum=1)  # fmt: skip
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -269,6 +276,34 @@ class EndpointConfig:
                 f"got {type(self.verify).__name__}"
             )
             raise ConfigError(msg)
+
+    @property
+    def speaks_http2(self) -> bool:
+        """Whether pooled httpx calls may use HTTP/2 (ALPN over https, or h2c opt-in).
+
+        The ``"aiohttp"`` engine's async calls never do (sync calls still may).
+        """
+        if not self.pooling:
+            return False
+        tls = self.base_url.lower().startswith("https:")
+        return self.http2_prior_knowledge or (self.http2 and tls)
+
+    @property
+    def admission_limit(self) -> int:
+        """Requests one pool lets into httpx at once, per event loop and for sync calls.
+
+        Further requests wait in the pool's own FIFO gate (bounded by the pool timeout)
+        instead of in httpcore's connection queue, whose cost grows with the number of
+        waiters (TRAPS 2). Over HTTP/2 it is ``limits.max_concurrent_streams`` (one
+        connection per origin; more streams than the server allows are refused); over
+        HTTP/1.1 it is ``limits.max_connections``. When the server declines HTTP/2 in
+        ALPN, up to ``max_concurrent_streams - max_connections`` requests queue in
+        httpcore, as before. Async calls of the ``"aiohttp"`` engine (HTTP/1.1 only) use
+        ``max_connections``.
+        """
+        if self.speaks_http2:
+            return self.limits.max_concurrent_streams
+        return self.limits.max_connections
 
     @property
     def endpoint(self) -> str:

@@ -10,7 +10,10 @@ and its sockets are closed directly. :func:`aclose_pools` closes the running loo
 clients of every pool properly; call it before a loop you own ends. The SSL context is
 built once per config and shared by every client.
 
-Each call goes: circuit breaker -> attempt (with immediate replays of requests whose
+Each call goes: circuit breaker -> admission gate (at most ``config.admission_limit``
+requests inside httpx per event loop, the rest wait FIFO in an ``asyncio.Semaphore``, or
+a ``threading.BoundedSemaphore`` for sync calls, up to the pool timeout; a stream holds
+its slot until it is closed) -> attempt (with immediate replays of requests whose
 pooled connection turned out to be gone before any response header: graceful HTTP/2
 GOAWAY or the keep-alive race; at most ``GOAWAY_REPLAYS`` per call) -> on a retryable
 failure, up to ``max_retries`` retries after full-jitter backoff or the server's
@@ -19,8 +22,10 @@ after that a failure raises a typed error.
 
 The sync and async paths share everything but their I/O lines: a call is prepared once
 (:class:`_Call`), bodies go through :class:`_BodyCap`, failures are classified by
-:meth:`PooledClient._classify`, retry delays come from :func:`_next_delay` and breaker
-outcomes from :func:`_breaker_outcome`.
+:meth:`PooledClient._classify`, retry delays come from :class:`_BackoffWait` and breaker
+outcomes from :func:`_breaker_outcome`. The retry loop is tenacity's (``Retrying`` /
+``AsyncRetrying``) over the same strategy objects: ``stop_after_attempt``, the
+:class:`_BackoffWait` wait and the :func:`_should_retry` predicate.
 """
 
 from __future__ import annotations
@@ -38,9 +43,11 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 import httpx
+import tenacity
 
 from langchain_fastpipe.errors import (
     ConfigError,
+    EndpointTimeoutError,
     ProtocolViolationError,
     ResponseTooLargeError,
     TransportError,
@@ -129,6 +136,13 @@ class _Call:
     start: float
     replays: int = 0
     finished: bool = False  # the reply was read to its end
+    release: Callable[[], None] | None = None  # frees the admission slot held, if any
+
+    def release_admission(self) -> None:
+        """Free the pool admission slot this call holds (idempotent)."""
+        release, self.release = self.release, None
+        if release is not None:
+            release()
 
 
 @dataclass
@@ -244,13 +258,39 @@ class _BodyCap:
         return b"".join(self._chunks)
 
 
-def _next_delay(
-    policy: RetryPolicy, failed: _AttemptError, retry_index: int, rng: Callable[[], float]
-) -> float | None:
-    """Seconds to wait before retry ``retry_index`` (0-based), or None to give up."""
-    if not failed.retryable or retry_index >= policy.max_retries:
-        return None
-    return retry_delay(policy, retry_index, failed.retry_after, rng)
+def _should_retry(exc: BaseException) -> bool:
+    """The tenacity ``retry`` predicate: a retryable failure of a whole attempt.
+
+    Only :class:`_AttemptError` is ever retried, and it is raised only before any body
+    byte reached the caller (a failure after that leaves the retry loop as a typed error
+    of the stream itself); cancellations, breaker refusals and bugs are never retried.
+    """
+    return isinstance(exc, _AttemptError) and exc.retryable
+
+
+class _BackoffWait:
+    """Tenacity wait strategy: full-jitter exponential backoff, or the server's Retry-After.
+
+    Before retry ``n`` (0-based, ``attempt_number - 1``) it waits
+    :func:`~langchain_fastpipe.transport._retry.retry_delay`: the failed attempt's
+    ``retry_after`` capped at ``retry_after_cap`` when the server sent one, else
+    ``uniform(0, min(max_backoff, initial_backoff * 2**n))`` drawn with ``rng``.
+    The same object serves :class:`tenacity.Retrying` and :class:`tenacity.AsyncRetrying`.
+    """
+
+    __slots__ = ("_policy", "_rng")
+
+    def __init__(self, policy: RetryPolicy, rng: Callable[[], float]) -> None:
+        """Wait according to ``policy``, with jitter from ``rng`` (floats in ``[0, 1)``)."""
+        self._policy = policy
+        self._rng = rng
+
+    def __call__(self, state: tenacity.RetryCallState) -> float:
+        """Seconds to sleep before the next attempt of ``state``."""
+        outcome = state.outcome
+        failed = outcome.exception() if outcome is not None and outcome.failed else None
+        retry_after = failed.retry_after if isinstance(failed, _AttemptError) else None
+        return retry_delay(self._policy, state.attempt_number - 1, retry_after, self._rng)
 
 
 def _breaker_outcome(breaker: CircuitBreaker, failed: _AttemptError) -> Callable[[bool], None]:
@@ -489,6 +529,9 @@ class PooledClient:
         self._sleep = sleep
         self._sync_sleep = sync_sleep
         self._rng = rng
+        self._stop = tenacity.stop_after_attempt(1 + config.retry.max_retries)
+        self._wait = _BackoffWait(config.retry, rng)
+        self._retry_if = tenacity.retry_if_exception(_should_retry)
         self._transport = transport
         if async_transport is None and isinstance(transport, httpx.AsyncBaseTransport):
             async_transport = transport
@@ -503,6 +546,13 @@ class PooledClient:
             keepalive_expiry=limits.keepalive_expiry,
         )
         self._lock = threading.Lock()
+        # Admission gates (see EndpointConfig.admission_limit): requests beyond the limit
+        # wait here, FIFO, never in httpcore's queue. One per event loop, one for sync.
+        self._sync_gate = threading.BoundedSemaphore(config.admission_limit)
+        self._async_gate_size = (
+            limits.max_connections if config.engine == "aiohttp" else config.admission_limit
+        )
+        self._gates: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
         # A plain dict: a client refers to its loop (through its connections), so a
         # WeakKeyDictionary entry would never go away by itself anyway.
         self._async_clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
@@ -562,9 +612,69 @@ class PooledClient:
         with self._lock:
             dead = [loop for loop in self._async_clients if loop.is_closed()]
             clients = [self._async_clients.pop(loop) for loop in dead]
+            for loop in [loop for loop in self._gates if loop.is_closed()]:
+                del self._gates[loop]
         for client in clients:
             _abort_dead_loop_client(client)
         return len(clients)
+
+    def _agate(self) -> asyncio.Semaphore:
+        """The admission gate of the running event loop (created on first use)."""
+        loop = asyncio.get_running_loop()
+        gate = self._gates.get(loop)
+        if gate is None:
+            with self._lock:
+                gate = self._gates.setdefault(loop, asyncio.Semaphore(self._async_gate_size))
+        return gate
+
+    def _pool_timeout(self, call: _Call) -> float | None:
+        """The longest wait for admission: the call's (or the config's) pool timeout."""
+        return (call.timeout or self._timeout).pool
+
+    def _admission_timeout(self, limit: float | None, size: int, waited: float) -> _AttemptError:
+        """The failure of a call that found no free slot within the pool timeout.
+
+        Not retried (it already waited the whole pool timeout) and not a breaker failure
+        (the endpoint is fine; this process is saturated).
+        """
+        self._stats.pool_wait.record(waited)
+        error = EndpointTimeoutError(
+            f"pool timeout talking to {self.endpoint}: no free slot within {limit} s "
+            f"({size} requests in flight, the pool's admission limit)",
+            endpoint=self.endpoint,
+        )
+        return _AttemptError(error, retryable=False, breaker_failure=False)
+
+    async def _aadmit(self, call: _Call) -> None:
+        """Wait for a free slot in the loop's admission gate; ``call`` then holds it.
+
+        Raises:
+            _AttemptError: No slot within the pool timeout (EndpointTimeoutError).
+        """
+        gate = self._agate()
+        if gate.locked():
+            limit = self._pool_timeout(call)
+            started = time.perf_counter()
+            try:
+                await asyncio.wait_for(gate.acquire(), limit)
+            except asyncio.TimeoutError:
+                waited = time.perf_counter() - started
+                raise self._admission_timeout(limit, self._async_gate_size, waited) from None
+        else:
+            await gate.acquire()
+        call.release = gate.release
+
+    def _admit(self, call: _Call) -> None:
+        """Sync :meth:`_aadmit` (one gate shared by every thread)."""
+        gate = self._sync_gate
+        if not gate.acquire(blocking=False):
+            limit = self._pool_timeout(call)
+            started = time.perf_counter()
+            if not gate.acquire(timeout=limit):
+                waited = time.perf_counter() - started
+                size = self.config.admission_limit
+                raise self._admission_timeout(limit, size, waited) from None
+        call.release = gate.release
 
     def _client(self) -> httpx.Client:
         """The shared sync client (created on first use)."""
@@ -677,8 +787,12 @@ class PooledClient:
         return error
 
     def _stream_failure(self, exc: httpx.HTTPError) -> TransportError:
-        """The typed error of a failure after body bytes reached the caller (no retry)."""
-        if counts_as_breaker_failure(exc):
+        """The typed error of a failure after body bytes reached the caller (no retry).
+
+        The headers had arrived, so a connection the peer dropped (a GOAWAY, a recycling
+        proxy) is not held against the endpoint; a timeout is.
+        """
+        if counts_as_breaker_failure(exc, headers_received=True):
             self.breaker.on_failure()
         return self._typed(exc)
 
@@ -737,6 +851,24 @@ class PooledClient:
 
     # -- attempts and retries: only the I/O lines differ --------------------------------
 
+    def _retry_strategy(self) -> dict[str, Any]:
+        """The tenacity strategies of one call (shared by the sync and async loops).
+
+        A call is attempted at most ``1 + max_retries`` times; between attempts
+        :class:`_BackoffWait` decides the wait; each retry is counted in the stats.
+        """
+        return {
+            "stop": self._stop,
+            "wait": self._wait,
+            "retry": self._retry_if,
+            "before_sleep": self._count_retry,
+            "reraise": True,
+        }
+
+    def _count_retry(self, state: tenacity.RetryCallState) -> None:
+        """Tenacity ``before_sleep`` hook: count one retry."""
+        self._stats.count_retry()
+
     async def _arun(
         self,
         call: _Call,
@@ -744,7 +876,7 @@ class PooledClient:
         *,
         keep_client: bool = False,
     ) -> tuple[T, httpx.AsyncClient | None]:
-        """Run ``op`` until it succeeds or fails for good (retries after backoff).
+        """Run ``op`` until it succeeds or fails for good (tenacity retries after backoff).
 
         Returns:
             The op's result and, when ``keep_client`` and pooling is off, the fresh client
@@ -753,18 +885,17 @@ class PooledClient:
         Raises:
             TransportError: The typed error of the last failure (or CircuitOpenError).
         """
-        retry_index = 0
-        while True:
-            try:
-                return await self._aattempt(call, op, keep_client=keep_client)
-            except _AttemptError as exc:
-                failed = exc
-            delay = _next_delay(self.config.retry, failed, retry_index, self._rng)
-            if delay is None:
-                raise failed.error
-            await self._sleep(delay)
-            retry_index += 1
-            self._stats.count_retry()
+        # One AsyncRetrying per call: tenacity keeps per-run state on the object.
+        retrying = tenacity.AsyncRetrying(sleep=self._sleep, **self._retry_strategy())
+        try:
+            result: tuple[T, httpx.AsyncClient | None] = await retrying(
+                self._aattempt, call, op, keep_client=keep_client
+            )
+        except _AttemptError as exc:
+            failed = exc
+        else:
+            return result
+        raise failed.error
 
     def _run(
         self,
@@ -773,19 +904,17 @@ class PooledClient:
         *,
         keep_client: bool = False,
     ) -> tuple[T, httpx.Client | None]:
-        """Sync :meth:`_arun`."""
-        retry_index = 0
-        while True:
-            try:
-                return self._attempt(call, op, keep_client=keep_client)
-            except _AttemptError as exc:
-                failed = exc
-            delay = _next_delay(self.config.retry, failed, retry_index, self._rng)
-            if delay is None:
-                raise failed.error
-            self._sync_sleep(delay)
-            retry_index += 1
-            self._stats.count_retry()
+        """Sync :meth:`_arun` (a :class:`tenacity.Retrying` with the same strategies)."""
+        retrying = tenacity.Retrying(sleep=self._sync_sleep, **self._retry_strategy())
+        try:
+            result: tuple[T, httpx.Client | None] = retrying(
+                self._attempt, call, op, keep_client=keep_client
+            )
+        except _AttemptError as exc:
+            failed = exc
+        else:
+            return result
+        raise failed.error
 
     async def _aattempt(
         self,
@@ -794,20 +923,29 @@ class PooledClient:
         *,
         keep_client: bool,
     ) -> tuple[T, httpx.AsyncClient | None]:
-        """One attempt through the breaker, with immediate stale-connection replays."""
+        """One attempt through the breaker, with immediate stale-connection replays.
+
+        Each try first waits for an admission slot (:meth:`_aadmit`); a failed try frees
+        it. ``keep_client`` (a stream): the caller keeps the slot, and the fresh client
+        when pooling is off, until the stream is closed; otherwise both go at once.
+        """
         guard = _AttemptGuard(self.breaker)
         try:
             while True:
                 trace = self._begin(call)
                 owned = None if self.config.pooling else self._new_async_client()
                 try:
+                    await self._aadmit(call)
                     result = await op(owned or self._aclient(), trace)
                 except BaseException as exc:
+                    call.release_admission()
                     if owned is not None:
                         await owned.aclose()
                     self._after_failure(exc, trace, call, guard)
                     continue
                 guard.succeeded()
+                if not keep_client:
+                    call.release_admission()
                 if owned is not None and not keep_client:
                     await owned.aclose()
                     owned = None
@@ -829,13 +967,17 @@ class PooledClient:
                 trace = self._begin(call)
                 owned = None if self.config.pooling else self._new_sync_client()
                 try:
+                    self._admit(call)
                     result = op(owned or self._client(), trace)
                 except BaseException as exc:
+                    call.release_admission()
                     if owned is not None:
                         owned.close()
                     self._after_failure(exc, trace, call, guard)
                     continue
                 guard.succeeded()
+                if not keep_client:
+                    call.release_admission()
                 if owned is not None and not keep_client:
                     owned.close()
                     owned = None
@@ -1073,6 +1215,7 @@ class PooledClient:
                     )
                 if owned is not None:
                     await owned.aclose()
+                call.release_admission()
 
     def stream(
         self,
@@ -1135,6 +1278,7 @@ class PooledClient:
                     _close_response(opened.response, finished=call.finished, chunks=opened.chunks)
                 if owned is not None:
                     owned.close()
+                call.release_admission()
 
     # -- warm-up, stats, closing --------------------------------------------------------
 

@@ -189,13 +189,15 @@ def counts_as_breaker_failure(exc: httpx.HTTPError, *, headers_received: bool = 
 
     A connection the peer closed after the response headers arrived (read/write error,
     disconnect) does not count: the endpoint answered, it only dropped the connection
-    (typically a GOAWAY or a connection-recycling proxy). A timeout always counts.
+    (typically a GOAWAY or a connection-recycling proxy). Neither does a pool timeout: it
+    says this process is saturated, not that the endpoint is down. Any other timeout
+    counts.
 
     Args:
         exc: The failure.
         headers_received: Whether the response headers had arrived.
     """
-    if is_graceful_goaway(exc):
+    if is_graceful_goaway(exc) or isinstance(exc, httpx.PoolTimeout):
         return False
     if headers_received and isinstance(exc, _PEER_CLOSED):
         return False

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from langchain_fastpipe.chat_models import ChatFastpipe
-from langchain_fastpipe.emulator import EmulatorServer
+from langchain_fastpipe.emulator import EmulatorConfig, EmulatorServer
 from langchain_fastpipe.transport import get_pool
 
 MakeEmulator = Callable[..., EmulatorServer]
@@ -33,6 +33,11 @@ WARMUP = 100
 LOAD_DEADLINE = 30.0  # a hang guard, not a performance assertion
 RSS_SLACK_BYTES = 64 * 1024 * 1024
 PROMPT = "load test prompt"
+#: No GOAWAY during the load. Left unset, hypercorn's keep_alive_max_requests=1000 applies
+#: and its HTTP/2 GOAWAY aborts every stream in flight on the connection (h2 forbids
+#: sending after GOAWAY); streams already past their first byte must not be retried
+#: (TRAPS 9), so they fail. GOAWAY is covered by the fault matrix, not by this test.
+NO_GOAWAY = EmulatorConfig(goaway_after=10**9)
 
 
 def rss_bytes() -> int:
@@ -83,15 +88,13 @@ async def run_load(model: ChatFastpipe, count: int) -> tuple[list[Any], int]:
     return results, len(done)
 
 
-@pytest.mark.parametrize(
-    ("proto", "start"), [("h1", "warm"), ("h1", "cold"), ("h2", "warm")]
-)
+@pytest.mark.parametrize(("proto", "start"), [("h1", "warm"), ("h1", "cold"), ("h2", "warm")])
 async def test_2000_concurrent_streams_through_a_pool_of_50(
     make_emulator: MakeEmulator, proto: str, start: str
 ) -> None:
     """``warm``: the pool's connections exist before the burst; ``cold``: they do not."""
     h2 = proto == "h2"
-    server = make_emulator(http2=h2, tls=h2)
+    server = make_emulator(NO_GOAWAY, http2=h2, tls=h2)
     model = ChatFastpipe(
         provider="openai", model="emu", base_url=server.openai_base_url,
         verify=server.ca_cert_path or True, http2=h2,
@@ -107,8 +110,15 @@ async def test_2000_concurrent_streams_through_a_pool_of_50(
             assert warm == [ref] * WARMUP
         else:
             await pool.aclose()  # drop the reference call's connection: a cold burst
+            assert pool.stats()["in_flight"] == 0
         gc.collect()
         rss_before = rss_bytes()
+        # The reference call's connection (closed again for a cold start) is not the load's.
+        # Hypercorn keeps its side of a keep-alive connection the client closed open
+        # (CLOSE-WAIT) until its keep-alive timeout: the server still counts it.
+        opened_before = pool.stats()["connections_opened"]
+        server_opened_before = server.connections_opened
+        lingering = server.open_connections if start == "cold" else 0
 
         results, finished = await run_load(model, STREAMS)
     finally:
@@ -125,11 +135,11 @@ async def test_2000_concurrent_streams_through_a_pool_of_50(
     stats = pool.stats()
     assert stats["in_flight"] == 0
     assert stats["failures"] == 0
-    assert stats["connections_opened"] <= LIMIT
-    assert server.connections_opened <= LIMIT
+    assert stats["connections_opened"] - opened_before <= LIMIT
+    assert server.connections_opened - server_opened_before <= LIMIT
     assert sampler.samples > 0
-    assert sampler.peak <= LIMIT
-    assert server.open_connections <= LIMIT
+    assert sampler.peak <= LIMIT + lingering
+    assert server.open_connections <= LIMIT + lingering
 
     assert live_responses() == 0
     growth = rss_bytes() - rss_before
