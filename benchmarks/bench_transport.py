@@ -24,7 +24,7 @@ from _common import emulator_process, emulator_stats, machine, median, p95, tabl
 from langchain_core.messages import HumanMessage
 from langchain_openai import ChatOpenAI
 
-from langchain_fastpipe import ChatFastpipe
+from langchain_fastpipe import ChatFastpipe, aclose_pools
 
 KEY = "sk-bench-not-a-secret"
 MESSAGES = [{"role": "user", "content": "Say something about connection pools."}]
@@ -449,6 +449,7 @@ async def main_async(args: argparse.Namespace) -> None:
         sections = await bench_overhead(base, args.quick)
         sections += await bench_connections(base)
         sections += await bench_concurrency(base, args.quick)
+        await aclose_pools()  # close this loop's pooled clients (aiohttp sessions included)
     fp_imp, co_imp = import_time("langchain_fastpipe"), import_time("langchain_openai")
     sections.append(
         table(

@@ -32,7 +32,10 @@ BENCHMARKS: list[tuple[str, list[str]]] = [
         "pipeline: ranked fallbacks, hedging, first-chunk timeouts",
         [str(HERE / "bench_pipeline.py")],
     ),
-    ("fastpipe bench: the origin report's Success Criteria", ["-m", "langchain_fastpipe.bench"]),
+    (
+        "fastpipe bench: the origin report's Success Criteria",
+        ["-m", "langchain_fastpipe.bench", "--no-progress"],
+    ),
 ]
 
 

@@ -208,7 +208,9 @@ class EmulatorConfig:
         models: Profiles by model name.
         seed: Seed of the RNG behind random faults and the first-token tail.
         goaway_after: Graceful close (HTTP/2 GOAWAY, HTTP/1.1 ``Connection: close``) after
-            this many requests per connection; None for hypercorn's default (1000).
+            this many requests per connection; None for never. (hypercorn's own default is
+            1000, like nginx's, but on HTTP/2 it then drops the streams it had accepted, so
+            the emulator only closes connections when asked to.)
         api_key: When set, requests must carry ``Authorization: Bearer <api_key>`` (else 401).
         strict_models: When True, unknown model names answer 404.
     """

@@ -306,11 +306,10 @@ class EmulatorServer:
         config.graceful_timeout = 1.0
         config.accesslog = None
         config.errorlog = _log
-        if self.config.goaway_after is not None:
-            # h1: "Connection: close" on the Nth response. h2: the GOAWAY is sent when
-            # request N+1 arrives; that stream is not answered (hypercorn closes the h2
-            # state), so clients must resend it on a new connection (TRAPS.md #3).
-            config.keep_alive_max_requests = self.config.goaway_after
+        # h1: "Connection: close" on the Nth response. h2: the GOAWAY is sent when request
+        # N+1 arrives; that stream is not answered (hypercorn closes the h2 state), so
+        # clients must resend it on a new connection (TRAPS.md #3). None: never.
+        config.keep_alive_max_requests = self.config.goaway_after or 2**62
         if self._certs is not None:
             config.certfile = self._certs.cert_path
             config.keyfile = self._certs.key_path
