@@ -68,17 +68,24 @@ def _emulator(load_seconds: float) -> Iterator[tuple[Any, _Backend]]:
         yield server, _Backend("emulator", f"{server.base_url}/v1", "emulated-model", {})
 
 
-def _print_stats() -> None:
+def _print_stats(model: Any) -> None:
+    """Print the statistics of ``model``'s pool and streams (not the whole process's)."""
     from langchain_fastpipe.stats import get_stats
 
-    pools = get_stats().get("pools", {})
-    for endpoint, s in pools.items():
-        versions = ", ".join(f"{k}: {v}" for k, v in s.get("http_versions", {}).items())
+    s = model.pool.stats()
+    versions = ", ".join(f"{k}: {v}" for k, v in s.get("http_versions", {}).items())
+    print(
+        f"  pool {s.get('endpoint')}: {s.get('requests')} requests, "
+        f"{s.get('connections_opened')} connections opened, "
+        f"reuse {s.get('reuse_ratio') or 0:.0%}, retries {s.get('retries')}, "
+        f"in flight {s.get('in_flight')} (peak {s.get('peak_in_flight')}), {versions}"
+    )
+    streams = get_stats().get("streams", {}).get("models", {}).get(model.model_name)
+    if streams:
+        ttfc = streams["time_to_first_text"]
         print(
-            f"  pool {endpoint}: {s.get('requests')} requests, "
-            f"{s.get('connections_opened')} connections opened, "
-            f"reuse {s.get('reuse_ratio') or 0:.0%}, retries {s.get('retries')}, "
-            f"in flight {s.get('in_flight')} (peak {s.get('peak_in_flight')}), {versions}"
+            f"  streams of {model.model_name}: {streams['streams']}, time to first chunk "
+            f"p50 {ttfc['p50'] * 1000:.0f} ms, p95 {ttfc['p95'] * 1000:.0f} ms"
         )
 
 
@@ -158,7 +165,7 @@ async def _answer_questions(model: Any) -> None:
         _text, ttfc = await _stream_answer(model, question)
         print(f"   (time to first chunk: {ttfc * 1000:.0f} ms)" if ttfc is not None else "")
     print("\nstatistics:")
-    _print_stats()
+    _print_stats(model)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

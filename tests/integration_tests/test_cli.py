@@ -15,7 +15,8 @@ def test_demo_on_the_emulator_streams_answers_and_shows_preloading(capsys) -> No
     out = capsys.readouterr().out
     assert "first query without preloading" in out
     assert re.search(r"preloaded .*: ok in", out)
-    assert out.count("time to first chunk") == len(cli.DEMO_QUESTIONS)
+    assert out.count("(time to first chunk:") == len(cli.DEMO_QUESTIONS)
+    assert "streams of emulated-model:" in out
     # The pool line proves the answers went through one shared, reused connection.
     pool = re.search(r"(\d+) requests, (\d+) connections opened", out)
     assert pool is not None
