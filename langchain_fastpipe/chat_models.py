@@ -9,6 +9,7 @@ core (:class:`_ChunkParser`).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import math
 import threading
@@ -311,6 +312,9 @@ class ChatFastpipe(BaseChatModel):
     _transport: tuple[tuple[Any, ...], EndpointConfig, PooledClient | None] | None = PrivateAttr(
         default=None
     )
+
+    #: ``(base_url, redacted base_url)``: the redaction of the last base URL seen.
+    _shown_url: tuple[str, str] | None = PrivateAttr(default=None)
 
     def __init__(self, **data: Any) -> None:
         """Create the model and validate its configuration.
@@ -653,13 +657,38 @@ class ChatFastpipe(BaseChatModel):
         return {
             "provider": self.provider,
             "model_name": self.model_name,
-            "base_url": redact_url(self.base_url or ""),
+            "base_url": self._redacted_base_url(),
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
             "stop": self.stop,
             "keep_alive": self.keep_alive,
             **self.model_kwargs,
         }
+
+    def _get_invocation_params(
+        self, stop: list[str] | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        """LangChain's invocation parameters, without its per-call deprecation-warning guard.
+
+        ``BaseChatModel`` builds them through the deprecated ``dict()`` inside a
+        ``warnings.catch_warnings`` block (a few microseconds per call) only to honour
+        subclasses that override ``dict()``; for those this defers to it unchanged.
+        """
+        if type(self).dict is not BaseChatModel.dict:
+            return super()._get_invocation_params(stop=stop, **kwargs)
+        params = self.asdict()
+        params["stop"] = stop
+        return {**params, **kwargs}
+
+    def _redacted_base_url(self) -> str:
+        """:func:`redact_url` of ``base_url``, computed once per base URL (runs every call)."""
+        url = self.base_url or ""
+        cached = self._shown_url
+        if cached is not None and cached[0] == url:
+            return cached[1]
+        shown = redact_url(url)
+        self._shown_url = (url, shown)
+        return shown
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         """Standard LangSmith tracing parameters (a per-call ``model`` wins)."""
@@ -815,6 +844,12 @@ class ChatFastpipe(BaseChatModel):
                 Runnable[LanguageModelInput, Any], RunnableMap(raw=llm) | parser_with_fallback
             )
         return cast(Runnable[LanguageModelInput, Any], llm | output_parser)
+
+
+# LangChain inspects ``self._agenerate``'s / ``self._generate``'s signature on every call (to
+# see whether they take ``run_manager``); a precomputed ``__signature__`` makes that a lookup.
+for _method in (ChatFastpipe._generate, ChatFastpipe._agenerate):
+    _method.__signature__ = inspect.signature(_method)  # type: ignore[union-attr]
 
 
 def _parse_structured(message: AIMessage, schema: type[BaseModel]) -> BaseModel | None:

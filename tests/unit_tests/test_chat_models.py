@@ -427,3 +427,43 @@ def test_chunk_parser_annotates_only_the_first_chunk() -> None:
     assert isinstance(merged, ChatGenerationChunk)
     assert merged.text == "abc"
     assert merged.message.response_metadata["time_to_first_chunk_ms"] == 250.0
+
+
+# --------------------------------------------------------------------------- per-call shortcuts
+
+
+def test_invocation_params_match_langchains_own() -> None:
+    import warnings
+
+    from langchain_core.language_models.chat_models import BaseChatModel
+
+    llm = make(temperature=0.3, max_tokens=7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = BaseChatModel._get_invocation_params(llm, stop=["x"], seed=1)
+    assert llm._get_invocation_params(stop=["x"], seed=1) == expected
+    assert expected["_type"] == "fastpipe-openai"
+
+    class Legacy(ChatFastpipe):
+        def dict(self, **kwargs: Any) -> dict[str, Any]:
+            return {"legacy": True}
+
+    legacy = Legacy(model="m", base_url="http://h.example/v1", api_key="k")
+    assert legacy._get_invocation_params(stop=None) == {"legacy": True, "stop": None}
+
+
+def test_identifying_base_url_follows_a_changed_base_url() -> None:
+    llm = make(base_url="http://one.example:8000/v1")
+    assert llm._identifying_params["base_url"] == "http://one.example:8000/v1"
+    other = llm.model_copy(update={"base_url": "http://two.example:9000/v1"})
+    assert other._identifying_params["base_url"] == "http://two.example:9000/v1"
+    assert llm._identifying_params["base_url"] == "http://one.example:8000/v1"
+
+
+def test_generate_signatures_are_precomputed_and_true() -> None:
+    import inspect
+
+    llm = make()
+    for method in (llm._generate, llm._agenerate):
+        params = inspect.signature(method).parameters
+        assert list(params) == ["messages", "stop", "run_manager", "kwargs"]

@@ -732,3 +732,51 @@ def test_each_item_is_resolved_once_and_its_metadata_not_copied(
     assert chunks[0].metadata is items[0].response_metadata  # no per-chunk dict copy
     assert chunks[1].usage == usage
     assert chunks[2].is_last
+
+
+# --------------------------------------------------------------------------- hot-path internals
+
+
+def test_fast_built_chunk_is_a_real_frozen_streaming_chunk() -> None:
+    import dataclasses
+
+    import langchain_fastpipe.streaming as streaming
+
+    item = AIMessageChunk(content="hi", response_metadata={"model_name": "m"})
+    chunk = next(iter_chunks(iter([item]), model="m", collector=None))
+    assert type(chunk) is StreamingChunk
+    expected = StreamingChunk(
+        index=0,
+        text="hi",
+        since_start=chunk.since_start,
+        since_previous=chunk.since_previous,
+        is_first=True,
+        is_last=False,
+        usage=None,
+        metadata=item.response_metadata,
+        value=item,
+    )
+    assert chunk == expected
+    assert repr(chunk) == repr(expected)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        chunk.text = "changed"  # type: ignore[misc]
+    assert streaming._ChunkBuilder.__slots__ == StreamingChunk.__slots__
+
+
+async def test_long_stream_keeps_recent_gaps_and_the_true_max(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import langchain_fastpipe.streaming as streaming
+
+    monkeypatch.setattr(streaming, "_MAX_GAPS", 8)
+    clock = FakeClock()
+    # one early 50 s gap, then 1 s gaps: the big gap is dropped from the quantiles, kept as max
+    schedule = [(1.0, "a"), (51.0, "b")] + [(52.0 + i, "x") for i in range(20)]
+    source = timed_source(clock, schedule, end=80.0)
+    chunks = [c async for c in aiter_chunks(source, model="m", clock=clock, collector=None)]
+    stats = chunks[-1].stats
+    assert stats is not None
+    assert stats.n_chunks == 22
+    assert stats.inter_chunk_max == 50.0
+    assert stats.inter_chunk_p50 == 1.0
+    assert stats.inter_chunk_p95 == 1.0

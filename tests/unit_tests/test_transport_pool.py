@@ -550,7 +550,10 @@ async def test_replays_have_one_cap_per_call_then_count_as_retries() -> None:
     assert pool.breaker.state == "closed"  # a server recycling connections is alive
 
 
-HEADER_LEAK = httpx.LocalProtocolError(f"Illegal header value b'Bearer {SECRET}\\n'")
+def header_leak() -> httpx.LocalProtocolError:
+    """A fresh error quoting the key (a module-level one would keep its last traceback,
+    and with it a stream's response, alive for the rest of the session)."""
+    return httpx.LocalProtocolError(f"Illegal header value b'Bearer {SECRET}\\n'")
 
 
 def chain(exc: BaseException | None) -> list[BaseException]:
@@ -568,7 +571,7 @@ def assert_no_secret(error: BaseException) -> None:
 
 
 async def test_mid_stream_header_error_is_typed_without_the_header() -> None:
-    body = AsyncChunks([b"first"], error=HEADER_LEAK)
+    body = AsyncChunks([b"first"], error=header_leak())
     handler, _ = sequence(httpx.Response(200, stream=body))
     pool, _ = make_pool(handler)
     with pytest.raises(ProtocolViolationError) as info:
@@ -578,7 +581,7 @@ async def test_mid_stream_header_error_is_typed_without_the_header() -> None:
 
 
 def test_sync_mid_stream_header_error_is_typed_without_the_header() -> None:
-    body = SyncChunks([b"first"], error=HEADER_LEAK)
+    body = SyncChunks([b"first"], error=header_leak())
     handler, _ = sequence(httpx.Response(200, stream=body))
     pool, _ = make_pool(handler)
     with pytest.raises(ProtocolViolationError) as info:
@@ -587,7 +590,7 @@ def test_sync_mid_stream_header_error_is_typed_without_the_header() -> None:
 
 
 async def test_warm_header_error_is_typed_without_the_header() -> None:
-    handler, _ = sequence(HEADER_LEAK)
+    handler, _ = sequence(header_leak())
     pool, _ = make_pool(handler)
     with pytest.raises(ProtocolViolationError) as info:
         await pool.awarm(2)
@@ -598,7 +601,7 @@ async def test_warm_header_error_is_typed_without_the_header() -> None:
 
 
 async def test_request_header_error_is_typed_without_the_header() -> None:
-    handler, _ = sequence(HEADER_LEAK)
+    handler, _ = sequence(header_leak())
     pool, _ = make_pool(handler)
     with pytest.raises(ProtocolViolationError) as info:
         await pool.apost_json("/x", {})
@@ -671,3 +674,69 @@ def test_counters_do_not_lose_updates_across_threads() -> None:
     snap = stats.snapshot()
     assert snap["requests"] == 4 * per_thread
     assert snap["in_flight"] == 0
+
+
+# --------------------------------------------------------------------------- hot path
+
+
+class _CountingRetrying:
+    """Counts the tenacity retrying objects built (wraps the real classes)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import tenacity
+
+        self.built = 0
+        for name in ("AsyncRetrying", "Retrying"):
+            real = getattr(tenacity, name)
+
+            def build(*args: object, _real: type = real, **kwargs: object) -> object:
+                self.built += 1
+                return _real(*args, **kwargs)
+
+            monkeypatch.setattr(tenacity, name, build)
+
+
+async def test_first_attempt_builds_no_retry_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    counter = _CountingRetrying(monkeypatch)
+    pool, _ = make_pool(lambda _request: ok(), retry=RetryPolicy(max_retries=2))
+    await pool.apost_json("/x", {})
+    pool.post_json("/x", {})
+    chunks: list[bytes] = []
+    await collect(pool.astream("/x", {}), chunks)
+    assert counter.built == 0
+    failing, _ = make_pool(sequence(httpx.Response(400))[0], retry=RetryPolicy(max_retries=2))
+    with pytest.raises(BadRequestError):
+        await failing.apost_json("/x", {})
+    no_retries, _ = make_pool(sequence(httpx.Response(503))[0], retry=RetryPolicy(max_retries=0))
+    with pytest.raises(ServerError):
+        await no_retries.apost_json("/x", {})
+    assert counter.built == 0  # failures that are not retried need no loop either
+
+
+async def test_retry_loop_starts_after_a_retryable_first_failure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    counter = _CountingRetrying(monkeypatch)
+    handler, seen = sequence(httpx.Response(503), httpx.Response(503), httpx.Response(503))
+    pool, rec = make_pool(handler, retry=RetryPolicy(max_retries=2, initial_backoff=1.0))
+    with pytest.raises(ServerError):
+        await pool.apost_json("/x", {})
+    assert counter.built == 1
+    assert len(seen) == 3  # 1 + max_retries attempts, the first one outside tenacity
+    assert rec.delays == [0.5, 1.0]  # backoff exponents count the first attempt
+    assert pool.stats()["retries"] == 2
+    sync_handler, sync_seen = sequence(httpx.Response(429, headers={"Retry-After": "2"}), ok())
+    sync_pool, sync_rec = make_pool(sync_handler, retry=RetryPolicy(max_retries=2))
+    data, info = sync_pool.post_json("/x", {})
+    assert data == {"ok": True}
+    assert (len(sync_seen), info.attempts, sync_rec.delays) == (2, 2, [2.0])
+    assert counter.built == 2
+
+
+def test_request_url_is_parsed_once_per_path() -> None:
+    pool, _ = make_pool(sequence(ok())[0])
+    first = pool._url("/chat/completions")
+    assert first is pool._url("/chat/completions")
+    assert pool._url("chat/completions") == first
+    assert str(first) == "http://model.test:8080/v1/chat/completions"
+    assert str(pool._url("")) == "http://model.test:8080/v1"
