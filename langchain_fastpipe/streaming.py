@@ -675,6 +675,19 @@ def _check_timeout(name: str, value: float | None) -> None:
         raise ConfigError(msg)
 
 
+def _check_timeouts(first_chunk_timeout: float | None, inter_chunk_timeout: float | None) -> None:
+    """Reject watchdog limits that are not None or positive (see :func:`_check_timeout`)."""
+    _check_timeout("first_chunk_timeout", first_chunk_timeout)
+    _check_timeout("inter_chunk_timeout", inter_chunk_timeout)
+
+
+def _close(iterator: Any) -> None:
+    """Close a sync iterator when it can be closed (generators and friends)."""
+    close = getattr(iterator, "close", None)
+    if close is not None:
+        close()
+
+
 async def _aclose(iterator: Any) -> None:
     """Close an async iterator when it can be closed (async generators and friends)."""
     aclose = getattr(iterator, "aclose", None)
@@ -737,8 +750,7 @@ def guard_stream(
     Raises:
         ConfigError: A timeout that is not positive (raised at once, not when iterated).
     """
-    _check_timeout("first_chunk_timeout", first_chunk_timeout)
-    _check_timeout("inter_chunk_timeout", inter_chunk_timeout)
+    _check_timeouts(first_chunk_timeout, inter_chunk_timeout)
     return _guarded(source, first_chunk_timeout, inter_chunk_timeout, clock)
 
 
@@ -791,6 +803,26 @@ def _stall_error(limit: float, received: int, waited: float) -> StreamStallError
 # --------------------------------------------------------------------------- direct mode
 
 
+def _outcome_of(exc: BaseException, *, watchdog: bool) -> StreamOutcome:
+    """How a stream that raised ``exc`` ended (only the async engine has task cancel/stalls)."""
+    if isinstance(exc, GeneratorExit):
+        return "cancelled"
+    if watchdog:
+        if isinstance(exc, asyncio.CancelledError):
+            return "cancelled"
+        if isinstance(exc, StreamStallError):
+            return "stalled"
+    return "error"
+
+
+def _record(
+    collector: StreamStatsCollector | None, timer: _StreamTimer, now: float, outcome: StreamOutcome
+) -> None:
+    """Freeze the stream's stats and add them to ``collector`` (when there is one)."""
+    if collector is not None:
+        collector.record(timer.finish(now, outcome))
+
+
 async def _achunks(
     source: AsyncIterable[Any],
     timer: _StreamTimer,
@@ -820,11 +852,8 @@ async def _achunks(
         terminal = timer.terminal(clock())
         if terminal is not None:
             yield terminal
-    except (GeneratorExit, asyncio.CancelledError):
-        outcome = "cancelled"
-        raise
-    except StreamStallError:
-        outcome = "stalled"
+    except BaseException as exc:
+        outcome = _outcome_of(exc, watchdog=True)
         raise
     finally:
         try:
@@ -832,8 +861,7 @@ async def _achunks(
             if stream is not source:
                 await _aclose(source)
         finally:
-            if collector is not None:
-                collector.record(timer.finish(clock(), outcome))
+            _record(collector, timer, clock(), outcome)
 
 
 def aiter_chunks(
@@ -861,8 +889,7 @@ def aiter_chunks(
         An async generator of chunks; wrap it in ``contextlib.aclosing`` to release the stream
         deterministically when breaking out early.
     """
-    _check_timeout("first_chunk_timeout", first_chunk_timeout)
-    _check_timeout("inter_chunk_timeout", inter_chunk_timeout)
+    _check_timeouts(first_chunk_timeout, inter_chunk_timeout)
     return _achunks(
         source,
         _StreamTimer(model=model, runnable=runnable),
@@ -939,17 +966,14 @@ def _chunks(
         terminal = timer.terminal(clock())
         if terminal is not None:
             yield terminal
-    except GeneratorExit:
-        outcome = "cancelled"
+    except BaseException as exc:
+        outcome = _outcome_of(exc, watchdog=False)
         raise
     finally:
         try:
-            close = getattr(iterator, "close", None)
-            if close is not None:
-                close()
+            _close(iterator)
         finally:
-            if collector is not None:
-                collector.record(timer.finish(clock(), outcome))
+            _record(collector, timer, clock(), outcome)
 
 
 def iter_chunks(
@@ -1053,9 +1077,8 @@ async def astream_to_callback(
     Returns:
         The stream's statistics.
     """
+    _check_timeouts(first_chunk_timeout, inter_chunk_timeout)
     timer = _StreamTimer(model=model, runnable=runnable)
-    _check_timeout("first_chunk_timeout", first_chunk_timeout)
-    _check_timeout("inter_chunk_timeout", inter_chunk_timeout)
     chunks = _achunks(
         runnable.astream(input, config, **kwargs),
         timer,
@@ -1159,10 +1182,8 @@ async def astream_to_buffer(
     Returns:
         The :class:`StreamResult`.
     """
-    collected: list[StreamingChunk] = []
+    _check_timeouts(first_chunk_timeout, inter_chunk_timeout)
     timer = _StreamTimer(model=model, runnable=runnable)
-    _check_timeout("first_chunk_timeout", first_chunk_timeout)
-    _check_timeout("inter_chunk_timeout", inter_chunk_timeout)
     chunks = _achunks(
         runnable.astream(input, config, **kwargs),
         timer,
@@ -1172,7 +1193,7 @@ async def astream_to_buffer(
         collector=collector,
     )
     try:
-        collected.extend([chunk async for chunk in chunks])
+        collected = [chunk async for chunk in chunks]
     finally:
         await chunks.aclose()
     return _collect(collected, timer, clock)

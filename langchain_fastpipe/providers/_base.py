@@ -15,19 +15,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
-from langchain_core.messages import BaseMessage
+from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
-from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 
 from langchain_fastpipe.errors import HTTPStatusError, ProtocolViolationError, status_error
 
 __all__ = [
     "ChatRequest",
     "Provider",
+    "ProviderBase",
     "ProviderName",
     "StreamParser",
     "StreamParserBase",
     "WarmupRequest",
+    "chat_result",
     "env_api_key",
     "env_base_url",
     "raise_reply_error",
@@ -167,6 +169,35 @@ class Provider(Protocol):
     def warmup_payload(self, request: ChatRequest) -> WarmupRequest:
         """A request that loads ``request.model`` as a real request would, cheaply."""
         ...
+
+
+class ProviderBase:
+    """The fixed settings of a built-in provider, as read-only class data.
+
+    Subclasses assign these class attributes (and keep ``__slots__ = ()``, so an instance
+    cannot shadow them); together with the methods they implement :class:`Provider`.
+
+    Attributes:
+        name: The provider's name, also reported as ``model_provider``.
+        chat_path: The chat path relative to the base URL.
+        default_base_url: The base URL used when none is configured.
+        base_url_env: Environment variables naming the base URL, first set wins.
+        api_key_env: Environment variables holding the API key, first set wins.
+    """
+
+    __slots__ = ()
+
+    name: ClassVar[ProviderName]
+    chat_path: ClassVar[str]
+    default_base_url: ClassVar[str]
+    base_url_env: ClassVar[tuple[str, ...]]
+    api_key_env: ClassVar[tuple[str, ...]]
+
+
+def chat_result(message: AIMessage, finish_reason: Any, llm_output: dict[str, Any]) -> ChatResult:
+    """The ``ChatResult`` of a non-streamed reply: one generation with its finish reason."""
+    generation = ChatGeneration(message=message, generation_info={"finish_reason": finish_reason})
+    return ChatResult(generations=[generation], llm_output=llm_output)
 
 
 def usage_metadata(input_tokens: Any, output_tokens: Any, total: Any = None) -> UsageMetadata:

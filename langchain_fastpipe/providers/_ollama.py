@@ -5,17 +5,19 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from langchain_core.messages import AIMessage, AIMessageChunk
 from langchain_core.messages.tool import ToolCallChunk, tool_call_chunk
-from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
 
 from langchain_fastpipe.providers._base import (
     ChatRequest,
+    ProviderBase,
     ProviderName,
     StreamParserBase,
     WarmupRequest,
+    chat_result,
     raise_reply_error,
     reply_metadata,
     require_mapping,
@@ -191,33 +193,20 @@ class OllamaStreamParser(StreamParserBase[dict[str, Any]]):
         return chunks
 
 
-class OllamaProvider:
-    """Ollama's native API (``POST {base_url}/api/chat``), which honours ``keep_alive``."""
+class OllamaProvider(ProviderBase):
+    """Ollama's native API (``POST {base_url}/api/chat``), which honours ``keep_alive``.
 
-    @property
-    def name(self) -> ProviderName:
-        """``"ollama"``."""
-        return "ollama"
+    The base URL defaults to a local Ollama server and is never taken from the OpenAI
+    variables; the key comes from ``FASTPIPE_API_KEY`` only (never ``OPENAI_API_KEY``).
+    """
 
-    @property
-    def chat_path(self) -> str:
-        """``/api/chat``."""
-        return "/api/chat"
+    __slots__ = ()
 
-    @property
-    def default_base_url(self) -> str:
-        """A local Ollama server."""
-        return "http://127.0.0.1:11434"
-
-    @property
-    def base_url_env(self) -> tuple[str, ...]:
-        """None: Ollama's URL is never taken from the OpenAI variables."""
-        return ()
-
-    @property
-    def api_key_env(self) -> tuple[str, ...]:
-        """``FASTPIPE_API_KEY`` only (never ``OPENAI_API_KEY``)."""
-        return ("FASTPIPE_API_KEY",)
+    name: ClassVar[ProviderName] = "ollama"
+    chat_path = "/api/chat"
+    default_base_url = "http://127.0.0.1:11434"
+    base_url_env = ()
+    api_key_env = ("FASTPIPE_API_KEY",)
 
     def build_payload(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
         """The ``/api/chat`` body: options, keep_alive, tools and ``format``.
@@ -267,11 +256,8 @@ class OllamaProvider:
             response_metadata=response_metadata,
         )
         finish_reason = response_metadata.get("finish_reason")
-        generation = ChatGeneration(
-            message=message, generation_info={"finish_reason": finish_reason}
-        )
         llm_output = {"model_name": body.get("model"), "model_provider": _PROVIDER}
-        return ChatResult(generations=[generation], llm_output=llm_output)
+        return chat_result(message, finish_reason, llm_output)
 
     def stream_parser(self, *, endpoint: str = "") -> OllamaStreamParser:
         """A fresh NDJSON parser for one streamed reply."""

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from langchain_core.messages import AIMessage, AIMessageChunk
 from langchain_core.messages.ai import InputTokenDetails, OutputTokenDetails, UsageMetadata
 from langchain_core.messages.tool import ToolCallChunk, tool_call_chunk
-from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
 
 from langchain_fastpipe.errors import ProtocolViolationError
 from langchain_fastpipe.providers._base import (
     ChatRequest,
+    ProviderBase,
     ProviderName,
     StreamParserBase,
     WarmupRequest,
+    chat_result,
     raise_reply_error,
     reply_metadata,
     require_mapping,
@@ -185,33 +187,21 @@ class OpenAIStreamParser(StreamParserBase[SSEEvent]):
         return chunks
 
 
-class OpenAIProvider:
-    """The OpenAI Chat Completions wire format (``POST {base_url}/chat/completions``)."""
+class OpenAIProvider(ProviderBase):
+    """The OpenAI Chat Completions wire format (``POST {base_url}/chat/completions``).
 
-    @property
-    def name(self) -> ProviderName:
-        """``"openai"``."""
-        return "openai"
+    The base URL carries ``/v1`` and defaults to OpenAI's public API; it is read from
+    ``FASTPIPE_BASE_URL`` then ``OPENAI_BASE_URL``, the key from ``FASTPIPE_API_KEY`` then
+    ``OPENAI_API_KEY``.
+    """
 
-    @property
-    def chat_path(self) -> str:
-        """``/chat/completions`` (the base URL carries ``/v1``)."""
-        return "/chat/completions"
+    __slots__ = ()
 
-    @property
-    def default_base_url(self) -> str:
-        """OpenAI's public API."""
-        return "https://api.openai.com/v1"
-
-    @property
-    def base_url_env(self) -> tuple[str, ...]:
-        """``FASTPIPE_BASE_URL``, then ``OPENAI_BASE_URL``."""
-        return ("FASTPIPE_BASE_URL", "OPENAI_BASE_URL")
-
-    @property
-    def api_key_env(self) -> tuple[str, ...]:
-        """``FASTPIPE_API_KEY``, then ``OPENAI_API_KEY``."""
-        return ("FASTPIPE_API_KEY", "OPENAI_API_KEY")
+    name: ClassVar[ProviderName] = "openai"
+    chat_path = "/chat/completions"
+    default_base_url = "https://api.openai.com/v1"
+    base_url_env = ("FASTPIPE_BASE_URL", "OPENAI_BASE_URL")
+    api_key_env = ("FASTPIPE_API_KEY", "OPENAI_API_KEY")
 
     def build_payload(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
         """The Chat Completions body.
@@ -282,15 +272,12 @@ class OpenAIProvider:
             response_metadata=response_metadata,
             id=body.get("id") if isinstance(body.get("id"), str) else None,
         )
-        generation = ChatGeneration(
-            message=message, generation_info={"finish_reason": finish_reason}
-        )
         llm_output = {
             "token_usage": dict(usage) if isinstance(usage, Mapping) else None,
             "model_name": body.get("model"),
             "model_provider": _PROVIDER,
         }
-        return ChatResult(generations=[generation], llm_output=llm_output)
+        return chat_result(message, finish_reason, llm_output)
 
     def stream_parser(self, *, endpoint: str = "") -> OpenAIStreamParser:
         """A fresh SSE parser for one streamed reply."""
