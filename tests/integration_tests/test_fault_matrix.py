@@ -79,17 +79,16 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> RecordingSleep:
     def fake_get_pool(config: EndpointConfig) -> PooledClient:
         pool = pools.get(config)
         if pool is None:
-            pool = pools[config] = PooledClient(
-                config, sleep=recorder, sync_sleep=recorder.sync
-            )
+            pool = pools[config] = PooledClient(config, sleep=recorder, sync_sleep=recorder.sync)
         return pool
 
     monkeypatch.setattr(chat_models_module, "get_pool", fake_get_pool)
     return recorder
 
 
-def new_server(make_emulator: MakeEmulator, proto: str, config: EmulatorConfig | None = None
-               ) -> EmulatorServer:
+def new_server(
+    make_emulator: MakeEmulator, proto: str, config: EmulatorConfig | None = None
+) -> EmulatorServer:
     """A fresh emulator: plain HTTP/1.1 (``h1``) or TLS offering h2 (``h2``)."""
     h2 = proto == "h2"
     return make_emulator(config, http2=h2, tls=h2)
@@ -138,6 +137,42 @@ async def reference(model: ChatFastpipe, prompt: str = PROMPT) -> str:
     text = (await model.ainvoke(prompt)).text
     assert text  # a reference that is empty could not tell anything apart
     return text
+
+
+@dataclass
+class Armed:
+    """A fresh emulator, a model on it, its clean reference text, and the request count."""
+
+    server: EmulatorServer
+    model: ChatFastpipe
+    ref: str
+    before: int
+
+    @property
+    def requests(self) -> int:
+        """Chat requests the server received since it was armed."""
+        return self.server.chat_requests - self.before
+
+
+async def arm(
+    make_emulator: MakeEmulator,
+    proto: str,
+    provider: str,
+    fault: Fault | None = None,
+    *,
+    times: int = 1,
+    config: EmulatorConfig | None = None,
+    warm: bool = True,
+    **model_kwargs: Any,
+) -> Armed:
+    """Start a server, build a model, take the reference (if ``warm``), then inject ``fault``."""
+    server = new_server(make_emulator, proto, config)
+    model = model_for(server, provider, **model_kwargs)
+    ref = await reference(model) if warm else ""
+    before = server.chat_requests
+    if fault is not None:
+        server.inject(fault, times=times)
+    return Armed(server, model, ref, before)
 
 
 def assert_clean_prefix(outcome: Outcome, ref: str) -> None:
@@ -193,31 +228,23 @@ async def test_connection_refused_is_connect_error_after_retries(
 async def test_reset_before_headers_is_retried_transparently(
     make_emulator: MakeEmulator, sleeps: RecordingSleep, provider: str, proto: str, mode: str
 ) -> None:
-    server = new_server(make_emulator, proto)
-    model = model_for(server, provider)
-    ref = await reference(model)
-    before = server.chat_requests
-    server.inject(Fault.reset_before_headers(), times=1)
-    outcome = await run(model, mode)
+    a = await arm(make_emulator, proto, provider, Fault.reset_before_headers())
+    outcome = await run(a.model, mode)
     assert outcome.error is None, outcome.error
-    assert outcome.text == ref
-    assert server.chat_requests - before == 2
+    assert outcome.text == a.ref
+    assert a.requests == 2
 
 
 @stream_matrix
 async def test_reset_mid_stream_is_typed_error_with_clean_prefix(
     make_emulator: MakeEmulator, sleeps: RecordingSleep, provider: str, proto: str, mode: str
 ) -> None:
-    server = new_server(make_emulator, proto)
-    model = model_for(server, provider)
-    ref = await reference(model)
-    before = server.chat_requests
-    server.inject(Fault.reset_mid_stream(after_chunks=3), times=1)
-    outcome = await run(model, mode)
+    a = await arm(make_emulator, proto, provider, Fault.reset_mid_stream(after_chunks=3))
+    outcome = await run(a.model, mode)
     assert isinstance(outcome.error, TransportError), outcome.error
-    assert_clean_prefix(outcome, ref)
+    assert_clean_prefix(outcome, a.ref)
     assert outcome.text  # some tokens did arrive before the reset
-    assert server.chat_requests - before == 1  # never retried after the first byte
+    assert a.requests == 1  # never retried after the first byte
     assert sleeps.delays == []
 
 
@@ -227,15 +254,11 @@ async def test_reset_mid_body_of_json_reply_is_retried(
 ) -> None:
     # A non-streamed reply reaches the caller only whole, so a reset while reading it is
     # still "before the first byte" for the caller and may be retried.
-    server = new_server(make_emulator, proto)
-    model = model_for(server, provider)
-    ref = await reference(model)
-    before = server.chat_requests
-    server.inject(Fault.reset_mid_stream(), times=1)
-    outcome = await run(model, mode)
+    a = await arm(make_emulator, proto, provider, Fault.reset_mid_stream())
+    outcome = await run(a.model, mode)
     assert outcome.error is None, outcome.error
-    assert outcome.text == ref
-    assert server.chat_requests - before == 2
+    assert outcome.text == a.ref
+    assert a.requests == 2
 
 
 # --------------------------------------------------------------------------- status faults
@@ -244,18 +267,18 @@ async def test_reset_mid_body_of_json_reply_is_retried(
 @pytest.mark.parametrize("status", [500, 502, 503])
 @matrix
 async def test_5xx_once_is_retried_then_succeeds(
-    make_emulator: MakeEmulator, sleeps: RecordingSleep, provider: str, proto: str, mode: str,
+    make_emulator: MakeEmulator,
+    sleeps: RecordingSleep,
+    provider: str,
+    proto: str,
+    mode: str,
     status: int,
 ) -> None:
-    server = new_server(make_emulator, proto)
-    model = model_for(server, provider)
-    ref = await reference(model)
-    before = server.chat_requests
-    server.inject(Fault.status(status), times=1)
-    outcome = await run(model, mode)
+    a = await arm(make_emulator, proto, provider, Fault.status(status))
+    outcome = await run(a.model, mode)
     assert outcome.error is None, outcome.error
-    assert outcome.text == ref
-    assert server.chat_requests - before == 2
+    assert outcome.text == a.ref
+    assert a.requests == 2
     assert len(sleeps.delays) == 1
 
 
@@ -264,15 +287,14 @@ async def test_5xx_once_is_retried_then_succeeds(
 async def test_persistent_5xx_is_server_error(
     make_emulator: MakeEmulator, sleeps: RecordingSleep, mode: str, status: int
 ) -> None:
-    server = new_server(make_emulator, "h1")
-    model = model_for(server, "openai", max_retries=2)
-    before = server.chat_requests
-    server.inject(Fault.status(status), times=3)
-    outcome = await run(model, mode)
+    a = await arm(
+        make_emulator, "h1", "openai", Fault.status(status), times=3, warm=False, max_retries=2
+    )
+    outcome = await run(a.model, mode)
     assert isinstance(outcome.error, ServerError), outcome.error
     assert outcome.error.status_code == status
     assert outcome.text == ""
-    assert server.chat_requests - before == 3
+    assert a.requests == 3
     assert len(sleeps.delays) == 2
 
 
@@ -280,13 +302,10 @@ async def test_persistent_5xx_is_server_error(
 async def test_429_retry_after_seconds_is_honoured(
     make_emulator: MakeEmulator, sleeps: RecordingSleep, provider: str, proto: str, mode: str
 ) -> None:
-    server = new_server(make_emulator, proto)
-    model = model_for(server, provider)
-    ref = await reference(model)
-    server.inject(Fault.rate_limit(retry_after="7"), times=1)
-    outcome = await run(model, mode)
+    a = await arm(make_emulator, proto, provider, Fault.rate_limit(retry_after="7"))
+    outcome = await run(a.model, mode)
     assert outcome.error is None, outcome.error
-    assert outcome.text == ref
+    assert outcome.text == a.ref
     assert sleeps.delays == [pytest.approx(7.0)]
 
 
@@ -295,14 +314,11 @@ async def test_429_retry_after_seconds_is_honoured(
 async def test_429_retry_after_http_date_is_honoured(
     make_emulator: MakeEmulator, sleeps: RecordingSleep, proto: str, mode: str
 ) -> None:
-    server = new_server(make_emulator, proto)
-    model = model_for(server, "openai")
-    ref = await reference(model)
     when = email.utils.formatdate(time.time() + 20, usegmt=True)
-    server.inject(Fault.rate_limit(retry_after=when), times=1)
-    outcome = await run(model, mode)
+    a = await arm(make_emulator, proto, "openai", Fault.rate_limit(retry_after=when))
+    outcome = await run(a.model, mode)
     assert outcome.error is None, outcome.error
-    assert outcome.text == ref
+    assert outcome.text == a.ref
     assert len(sleeps.delays) == 1
     # an HTTP date has 1 s resolution; the call took far less than 15 s
     assert 15.0 <= sleeps.delays[0] <= 21.0
@@ -318,15 +334,12 @@ SHORT = 0.25
 async def test_hang_before_first_byte_is_timeout_error(
     make_emulator: MakeEmulator, sleeps: RecordingSleep, provider: str, proto: str, mode: str
 ) -> None:
-    server = new_server(make_emulator, proto)
-    model = model_for(server, provider, timeout=SHORT, max_retries=0)
-    await reference(model)
-    before = server.chat_requests
-    server.inject(Fault.hang_before_first_byte(HANG), times=1)
-    outcome = await run(model, mode)
+    hang = Fault.hang_before_first_byte(HANG)
+    a = await arm(make_emulator, proto, provider, hang, timeout=SHORT, max_retries=0)
+    outcome = await run(a.model, mode)
     assert isinstance(outcome.error, EndpointTimeoutError), outcome.error
     assert outcome.text == ""
-    assert server.chat_requests - before == 1
+    assert a.requests == 1
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
@@ -335,14 +348,11 @@ async def test_read_timeout_is_not_retried(
 ) -> None:
     # Documented policy (transport/_retry.py): a read timeout is not retried, the server
     # may still be working on the request.
-    server = new_server(make_emulator, "h1")
-    model = model_for(server, provider, timeout=SHORT, max_retries=2)
-    await reference(model)
-    before = server.chat_requests
-    server.inject(Fault.hang_before_first_byte(HANG), times=1)
-    outcome = await run(model, "astream")
+    hang = Fault.hang_before_first_byte(HANG)
+    a = await arm(make_emulator, "h1", provider, hang, timeout=SHORT, max_retries=2)
+    outcome = await run(a.model, "astream")
     assert isinstance(outcome.error, EndpointTimeoutError), outcome.error
-    assert server.chat_requests - before == 1
+    assert a.requests == 1
     assert sleeps.delays == []
 
 
@@ -351,10 +361,8 @@ async def test_read_timeout_is_not_retried(
 async def test_hang_is_first_chunk_timeout_under_guard_stream(
     make_emulator: MakeEmulator, sleeps: RecordingSleep, provider: str, proto: str
 ) -> None:
-    server = new_server(make_emulator, proto)
-    model = model_for(server, provider)
-    await reference(model)
-    server.inject(Fault.hang_before_first_byte(HANG), times=1)
+    a = await arm(make_emulator, proto, provider, Fault.hang_before_first_byte(HANG))
+    model = a.model
     got: list[str] = []
 
     async def consume() -> None:
@@ -373,30 +381,27 @@ async def test_hang_is_first_chunk_timeout_under_guard_stream(
 async def test_hang_falls_back_in_ranked_pipeline(
     make_emulator: MakeEmulator, sleeps: RecordingSleep, provider: str, proto: str
 ) -> None:
-    server = new_server(make_emulator, proto)
-    slow = model_for(server, provider)
-    backup = model_for(server, provider, max_retries=1)  # another pool config, same server
-    ref = await reference(backup)
-    server.inject(Fault.hang_before_first_byte(HANG), times=1)
+    # the backup is another pool config on the same server
+    a = await arm(make_emulator, proto, provider, Fault.hang_before_first_byte(HANG), max_retries=1)
     ranked = RankedFallbacks(
-        runnable=slow, fallbacks=[backup], names=["slow", "backup"],
-        first_chunk_timeout=SHORT, optimized=False,
-    )  # fmt: skip
+        runnable=model_for(a.server, provider),
+        fallbacks=[a.model],
+        names=["slow", "backup"],
+        first_chunk_timeout=SHORT,
+        optimized=False,
+    )
     pieces = [chunk.text async for chunk in ranked.astream(PROMPT)]
-    assert "".join(pieces) == ref
+    assert "".join(pieces) == a.ref
 
 
 @matrix
 async def test_slow_drip_completes_with_exact_text(
     make_emulator: MakeEmulator, sleeps: RecordingSleep, provider: str, proto: str, mode: str
 ) -> None:
-    server = new_server(make_emulator, proto)
-    model = model_for(server, provider)
-    ref = await reference(model)
-    server.inject(Fault.slow_drip(0.01), times=1)
-    outcome = await run(model, mode)
+    a = await arm(make_emulator, proto, provider, Fault.slow_drip(0.01))
+    outcome = await run(a.model, mode)
     assert outcome.error is None, outcome.error
-    assert outcome.text == ref
+    assert outcome.text == a.ref
 
 
 # --------------------------------------------------------------------------- protocol faults
@@ -406,32 +411,24 @@ async def test_slow_drip_completes_with_exact_text(
 async def test_malformed_chunk_is_protocol_violation(
     make_emulator: MakeEmulator, sleeps: RecordingSleep, provider: str, proto: str, mode: str
 ) -> None:
-    server = new_server(make_emulator, proto)
-    model = model_for(server, provider)
-    ref = await reference(model)
-    before = server.chat_requests
-    server.inject(Fault.malformed_chunk(after_chunks=2), times=1)
-    outcome = await run(model, mode)
+    a = await arm(make_emulator, proto, provider, Fault.malformed_chunk(after_chunks=2))
+    outcome = await run(a.model, mode)
     assert isinstance(outcome.error, ProtocolViolationError), outcome.error
-    assert server.chat_requests - before == 1  # not retried
+    assert a.requests == 1  # not retried
     if outcome.pieces:
-        assert_clean_prefix(outcome, ref)
+        assert_clean_prefix(outcome, a.ref)
 
 
 @matrix
 async def test_truncated_json_is_protocol_violation(
     make_emulator: MakeEmulator, sleeps: RecordingSleep, provider: str, proto: str, mode: str
 ) -> None:
-    server = new_server(make_emulator, proto)
-    model = model_for(server, provider)
-    ref = await reference(model)
-    before = server.chat_requests
-    server.inject(Fault.truncated_json(), times=1)
-    outcome = await run(model, mode)
+    a = await arm(make_emulator, proto, provider, Fault.truncated_json())
+    outcome = await run(a.model, mode)
     assert isinstance(outcome.error, ProtocolViolationError), outcome.error
-    assert server.chat_requests - before == 1
+    assert a.requests == 1
     if outcome.pieces:
-        assert_clean_prefix(outcome, ref)
+        assert_clean_prefix(outcome, a.ref)
 
 
 async def test_oversized_json_reply_is_response_too_large(make_emulator: MakeEmulator) -> None:
@@ -462,25 +459,32 @@ WAVE = 8
 async def test_goaway_every_n_requests_loses_nothing(
     make_emulator: MakeEmulator, sleeps: RecordingSleep, provider: str, proto: str
 ) -> None:
-    server = new_server(make_emulator, proto, EmulatorConfig(goaway_after=GOAWAY_EVERY))
-    model = model_for(server, provider, max_connections=4, max_keepalive_connections=4)
-    ref = await reference(model)
+    goaway = EmulatorConfig(goaway_after=GOAWAY_EVERY)
+    a = await arm(
+        make_emulator,
+        proto,
+        provider,
+        config=goaway,
+        max_connections=4,
+        max_keepalive_connections=4,
+    )
     outcomes: list[Outcome] = []
     for _ in range(WAVES):  # waves of concurrent calls, streams and JSON mixed
-        wave = [run(model, "astream" if i % 2 else "ainvoke") for i in range(WAVE)]
+        wave = [run(a.model, "astream" if i % 2 else "ainvoke") for i in range(WAVE)]
         outcomes += await asyncio.gather(*wave)
-    outcomes += [await run(model, "stream" if i % 2 else "invoke") for i in range(12)]
+    outcomes += [await run(a.model, "stream" if i % 2 else "invoke") for i in range(12)]
     errors = [o.error for o in outcomes if o.error is not None]
     assert errors == []
-    assert all(o.text == ref for o in outcomes)
+    assert all(o.text == a.ref for o in outcomes)
     total = WAVES * WAVE + 13
-    assert server.connections_opened >= total // GOAWAY_EVERY  # the server did close them
+    assert a.server.connections_opened >= total // GOAWAY_EVERY  # the server did close them
 
 
 @pytest.mark.parametrize("proto", ["h1", "h2c"])
 @pytest.mark.parametrize("mode", MODES)
-async def test_pool_recovers_after_server_restart(sleeps: RecordingSleep, proto: str,
-                                                  mode: str) -> None:
+async def test_pool_recovers_after_server_restart(
+    sleeps: RecordingSleep, proto: str, mode: str
+) -> None:
     h2c = proto == "h2c"
     first = EmulatorServer(http2=h2c).start()
     port = first.port
@@ -512,12 +516,16 @@ def foreign_ca(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.mark.parametrize("verify", ["foreign_ca", "default"])
 @pytest.mark.parametrize("mode", MODES)
 async def test_untrusted_certificate_fails_never_insecure(
-    emulator_h2: EmulatorServer, foreign_ca: str, sleeps: RecordingSleep, verify: str,
+    emulator_h2: EmulatorServer,
+    foreign_ca: str,
+    sleeps: RecordingSleep,
+    verify: str,
     mode: str,
 ) -> None:
     kwargs: dict[str, Any] = {"verify": foreign_ca} if verify == "foreign_ca" else {}
-    model = ChatFastpipe(provider="openai", model="emu", base_url=emulator_h2.openai_base_url,
-                         **kwargs)  # fmt: skip
+    model = ChatFastpipe(
+        provider="openai", model="emu", base_url=emulator_h2.openai_base_url, **kwargs
+    )
     assert model.endpoint_config.verify is not False
     before = emulator_h2.chat_requests
     outcome = await run(model, mode)
