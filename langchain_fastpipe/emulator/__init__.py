@@ -14,7 +14,10 @@ Endpoints (plain ASGI app in :mod:`._app`, served by hypercorn in a thread in :m
   ``options.stop``, ``format`` ("json" or a schema) and ``tools`` are honoured.
 - ``GET /api/tags``, ``GET /api/ps`` (loaded models).
 
-Answers are deterministic: the same request gives the same text. Tokens are words with
+Answers are deterministic: the same request gives the same text. Tool calls take the
+arguments the last user message states (a written call such as ``magic_function(3)``, else
+quoted text for string parameters and numbers for numeric ones) and generate the rest from
+the tool's JSON schema. Tokens are words with
 their leading space, so a stream's concatenation equals the JSON reply's content. Prompt
 tokens are the words of the messages; completion tokens are the tokens emitted (for a tool
 call: its argument pieces).

@@ -359,6 +359,59 @@ def choose_tool(
     )
 
 
+_QUOTED = re.compile(r"'([^']+)'|\"([^\"]+)\"")
+_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w.])")
+
+
+def _coerce(text: str, kind: Any) -> Any:
+    """``text`` as a value of JSON-schema type ``kind``, or None when it is not one."""
+    text = text.strip().strip("'\"")
+    try:
+        if kind == "integer":
+            return int(text)
+        if kind == "number":
+            return float(text) if "." in text else int(text)
+    except ValueError:
+        return None
+    if kind == "boolean":
+        return {"true": True, "false": False}.get(text.lower())
+    return text if kind == "string" and text else None
+
+
+def prompt_arguments(tool: Mapping[str, Any], user_text: str) -> dict[str, Any]:
+    """Tool arguments the user's message states, like a model reading the prompt would.
+
+    ``magic_function(3)`` written in the message fills the tool's parameters in order;
+    otherwise quoted text fills its string parameters and bare numbers its numeric ones,
+    in order. Only top-level parameters of a plain type are filled; the caller generates
+    the rest from the schema.
+    """
+    params = tool.get("parameters") or {}
+    props = params.get("properties") if isinstance(params, Mapping) else None
+    if not isinstance(props, Mapping) or not props:
+        return {}
+    kinds = {name: spec.get("type") for name, spec in props.items() if isinstance(spec, Mapping)}
+    name = re.escape(str(tool.get("name", "")))
+    call = re.search(rf"{name}\(([^)]*)\)", user_text) if name else None
+    found: dict[str, Any] = {}
+    if call is not None:
+        values = [v for v in call.group(1).split(",") if v.strip()]
+        for (param, kind), raw in zip(kinds.items(), values, strict=False):
+            value = _coerce(raw, kind)
+            if value is not None:
+                found[param] = value
+        return found
+    quoted = iter(a or b for a, b in _QUOTED.findall(user_text))
+    numbers = iter(_NUMBER.findall(user_text))
+    for param, kind in kinds.items():
+        source = quoted if kind == "string" else numbers if kind in ("integer", "number") else None
+        raw = next(source, None) if source is not None else None
+        value = _coerce(raw, kind) if raw is not None else None
+        if value is not None:
+            found[param] = value
+    return found
+
+
 def _resolve_ref(ref: str, root: Mapping[str, Any]) -> Mapping[str, Any]:
     node: Any = root
     for part in ref.lstrip("#/").split("/"):
@@ -625,6 +678,13 @@ def build_reply(
     if tool is not None:
         params = tool.get("parameters") or {"type": "object", "properties": {}}
         args = instance_from_schema(params, random.Random(seed))
+        if isinstance(args, dict):
+            user_text = next(
+                (_message_text(m.get("content")) for m in reversed(messages)
+                 if m.get("role") == "user"),
+                "",
+            )  # fmt: skip
+            args.update(prompt_arguments(tool, user_text))
         return Reply(
             tokens=[],
             finish_reason="tool_calls",

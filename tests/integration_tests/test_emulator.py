@@ -220,8 +220,9 @@ def test_openai_tool_call_is_schema_valid(client: httpx.Client) -> None:
     assert call["function"]["name"] == "get_weather"
     assert call["id"].startswith("call_")
     jsonschema.validate(json.loads(call["function"]["arguments"]), WEATHER_SCHEMA)
-    named = chat(client, tools=TOOLS, tool_choice={"type": "function",
-                                                    "function": {"name": "lookup"}}).json()
+    named = chat(
+        client, tools=TOOLS, tool_choice={"type": "function", "function": {"name": "lookup"}}
+    ).json()
     args = json.loads(named["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"])
     jsonschema.validate(args, TOOLS[1]["function"]["parameters"])
     none = chat(client, tools=TOOLS, tool_choice="none").json()["choices"][0]
@@ -277,8 +278,9 @@ def test_structured_output(client: httpx.Client) -> None:
     ollama = client.post("/api/chat", json={"model": "l", "messages": MESSAGES, "stream": False,
                                             "format": WEATHER_SCHEMA}).json()  # fmt: skip
     jsonschema.validate(json.loads(ollama["message"]["content"]), WEATHER_SCHEMA)
-    plain_json = client.post("/api/chat", json={"model": "l", "messages": MESSAGES,
-                                                "stream": False, "format": "json"}).json()
+    plain_json = client.post(
+        "/api/chat", json={"model": "l", "messages": MESSAGES, "stream": False, "format": "json"}
+    ).json()
     assert isinstance(json.loads(plain_json["message"]["content"]), dict)
 
 
@@ -510,9 +512,10 @@ async def test_async_context_manager_and_clean_stop() -> None:
 
 def test_stop_with_stream_in_flight_is_quick(make_emulator: Any) -> None:
     server = make_emulator(EmulatorConfig(default=ModelProfile(inter_token_seconds=30)))
-    with httpx.Client(base_url=server.base_url, timeout=10) as c, c.stream(
-        "POST", CHAT, json={"model": "m", "messages": MESSAGES, "stream": True}
-    ) as r:
+    with (
+        httpx.Client(base_url=server.base_url, timeout=10) as c,
+        c.stream("POST", CHAT, json={"model": "m", "messages": MESSAGES, "stream": True}) as r,
+    ):
         lines = r.iter_lines()
         next(lines)
         thread = server._thread
@@ -589,3 +592,40 @@ def test_cli_main_starts_and_stops(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "https://127.0.0.1:" in out
     assert "CA certificate" in out
+
+
+def test_tool_arguments_come_from_the_prompt_when_it_states_them(emulator: Any) -> None:
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "lookup",
+                "parameters": {
+                    "type": "object",
+                    "properties": {
+                        "city": {"type": "string"},
+                        "days": {"type": "integer"},
+                        "units": {"type": "string", "enum": ["metric", "imperial"]},
+                    },
+                    "required": ["city", "days"],
+                },
+            },
+        }
+    ]
+
+    def args_for(text: str) -> dict[str, Any]:
+        body = {"model": "m", "messages": [{"role": "user", "content": text}], "tools": tools}
+        reply = httpx.post(f"{emulator.base_url}/v1/chat/completions", json=body, timeout=10)
+        call = reply.json()["choices"][0]["message"]["tool_calls"][0]
+        return dict(json.loads(call["function"]["arguments"]))
+
+    # A written call fills the parameters in order; quoted text and numbers otherwise.
+    assert args_for("Please run lookup('Zürich', 4).")["days"] == 4
+    assert args_for("Please run lookup('Zürich', 4).")["city"] == "Zürich"
+    stated = args_for("Weather for 'São Paulo' over the next 3 days?")
+    assert stated["city"] == "São Paulo"
+    assert stated["days"] == 3
+    # Nothing stated: schema-valid generated values (enum respected).
+    generated = args_for("What's the weather?")
+    assert isinstance(generated["days"], int)
+    assert generated.get("units", "metric") in ("metric", "imperial")

@@ -19,11 +19,6 @@ from langchain_fastpipe.emulator import EmulatorServer
 #: Standard tests the emulator cannot pass, with the reason. The emulator answers
 #: deterministically from the request's shape (schemas, tools), it does not read prompts.
 KNOWN_FAILURES = {
-    "test_tool_calling": "emulator fills tool arguments from the schema, not from the "
-    "prompt (asks for magic_function(3), gets a generated int)",
-    "test_tool_calling_async": "emulator fills tool arguments from the schema, not the prompt",
-    "test_unicode_tool_call_integration": "emulator generates ASCII words as tool arguments; "
-    "it cannot echo the requested unicode text",
     "test_json_mode": "json_object mode carries no schema, and the emulator does not read the "
     "keys the prompt asks for (it answers {'answer': ...})",
 }
