@@ -349,10 +349,7 @@ def choose_tool(
     last = messages[-1] if messages else {}
     if tool_choice in (None, "auto", "") and last.get("role") in ("tool", "function"):
         return None
-    user_text = next(
-        (_message_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"),
-        "",
-    ).lower()
+    user_text = _last_user_text(messages).lower()
     return next(
         (f for f in functions if str(f.get("name", "")).lower() in user_text and f.get("name")),
         functions[0],
@@ -376,6 +373,22 @@ def _coerce(text: str, kind: Any) -> Any:
     if kind == "boolean":
         return {"true": True, "false": False}.get(text.lower())
     return text if kind == "string" and text else None
+
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
+def _last_user_text(messages: Sequence[Mapping[str, Any]]) -> str:
+    return next(
+        (_message_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"),
+        "",
+    )
+
+
+def prompt_json_keys(user_text: str) -> list[str]:
+    """The JSON keys a prompt asks for in quotes (``'setup' and 'punchline'``), in order."""
+    keys = [a or b for a, b in _QUOTED.findall(user_text)]
+    return list(dict.fromkeys(k for k in keys if _IDENTIFIER.match(k)))
 
 
 def prompt_arguments(tool: Mapping[str, Any], user_text: str) -> dict[str, Any]:
@@ -679,12 +692,7 @@ def build_reply(
         params = tool.get("parameters") or {"type": "object", "properties": {}}
         args = instance_from_schema(params, random.Random(seed))
         if isinstance(args, dict):
-            user_text = next(
-                (_message_text(m.get("content")) for m in reversed(messages)
-                 if m.get("role") == "user"),
-                "",
-            )  # fmt: skip
-            args.update(prompt_arguments(tool, user_text))
+            args.update(prompt_arguments(tool, _last_user_text(messages)))
         return Reply(
             tokens=[],
             finish_reason="tool_calls",
@@ -695,11 +703,16 @@ def build_reply(
         )
     wants_json, schema = _schema_of_format(response_format)
     if wants_json:
-        value = (
-            instance_from_schema(schema, random.Random(seed))
-            if schema is not None
-            else {"answer": "".join(answer_tokens(seed, min(profile.answer_tokens, 6)))}
-        )
+        if schema is not None:
+            value = instance_from_schema(schema, random.Random(seed))
+        else:
+            # JSON mode has no schema: use the keys the prompt asks for ('setup' and
+            # 'punchline'), else one "answer" key.
+            keys = prompt_json_keys(_last_user_text(messages)) or ["answer"]
+            words = min(profile.answer_tokens, 6)
+            value = {
+                key: "".join(answer_tokens(seed + n, words)).strip() for n, key in enumerate(keys)
+            }
         full = split_tokens(json.dumps(value))
     else:
         full = answer_tokens(seed, profile.answer_tokens)

@@ -629,3 +629,19 @@ def test_tool_arguments_come_from_the_prompt_when_it_states_them(emulator: Any) 
     generated = args_for("What's the weather?")
     assert isinstance(generated["days"], int)
     assert generated.get("units", "metric") in ("metric", "imperial")
+
+
+def test_json_mode_answers_with_the_keys_the_prompt_asks_for(emulator: Any) -> None:
+    def content_for(text: str) -> dict[str, Any]:
+        body = {
+            "model": "m",
+            "messages": [{"role": "user", "content": text}],
+            "response_format": {"type": "json_object"},
+        }
+        reply = httpx.post(f"{emulator.base_url}/v1/chat/completions", json=body, timeout=10)
+        return dict(json.loads(reply.json()["choices"][0]["message"]["content"]))
+
+    asked = content_for("A joke as JSON with 'setup' and 'punchline' keys.")
+    assert sorted(asked) == ["punchline", "setup"]
+    assert all(isinstance(v, str) and v for v in asked.values())
+    assert list(content_for("Any JSON, please.")) == ["answer"]

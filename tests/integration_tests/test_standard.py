@@ -18,10 +18,6 @@ from langchain_fastpipe.emulator import EmulatorServer
 
 #: Standard tests the emulator cannot pass, with the reason. The emulator answers
 #: deterministically from the request's shape (schemas, tools), it does not read prompts.
-KNOWN_FAILURES = {
-    "test_json_mode": "json_object mode carries no schema, and the emulator does not read the "
-    "keys the prompt asks for (it answers {'answer': ...})",
-}
 
 
 class _EmulatorStandardTests(ChatModelIntegrationTests):
@@ -32,9 +28,6 @@ class _EmulatorStandardTests(ChatModelIntegrationTests):
     @pytest.fixture(autouse=True)
     def _use_emulator(self, request: pytest.FixtureRequest) -> None:
         self._server = request.getfixturevalue(self.server_fixture)
-        name = getattr(request.node, "originalname", request.node.name)
-        if name in KNOWN_FAILURES:
-            request.applymarker(pytest.mark.xfail(reason=KNOWN_FAILURES[name], strict=True))
 
     @property
     def chat_model_class(self) -> type[ChatFastpipe]:
