@@ -17,7 +17,8 @@ Endpoints (plain ASGI app in :mod:`._app`, served by hypercorn in a thread in :m
 Answers are deterministic: the same request gives the same text. Tool calls take the
 arguments the last user message states (a written call such as ``magic_function(3)``, else
 quoted text for string parameters and numbers for numeric ones) and generate the rest from
-the tool's JSON schema. Tokens are words with
+the tool's JSON schema. JSON mode (no schema) answers an object with the keys the prompt
+names in quotes (``'setup' and 'punchline'``), else ``{"answer": ...}``. Tokens are words with
 their leading space, so a stream's concatenation equals the JSON reply's content. Prompt
 tokens are the words of the messages; completion tokens are the tokens emitted (for a tool
 call: its argument pieces).
