@@ -46,12 +46,18 @@ def test_ask_against_a_given_server(emulator, capsys) -> None:
     assert capsys.readouterr().out.startswith("Q: Hello?\nA: ")
 
 
-def test_stats_prints_json_and_prometheus(capsys) -> None:
+def test_stats_prints_this_processs_json_and_prometheus(emulator, capsys) -> None:
+    from langchain_fastpipe import ChatFastpipe
+
+    endpoint = f"{emulator.base_url}/v1"
+    ChatFastpipe(model="stats-cli", base_url=endpoint, api_key="k").invoke("hi")
     assert cli.main(["stats"]) == 0
     snapshot = json.loads(capsys.readouterr().out)
-    assert isinstance(snapshot, dict)
+    assert snapshot["pools"][endpoint]["requests"] >= 1
     assert cli.main(["stats", "--prometheus"]) == 0
-    assert "# TYPE" in capsys.readouterr().out or snapshot == {}
+    text = capsys.readouterr().out
+    assert "# TYPE fastpipe_pools_requests_total counter" in text
+    assert f'endpoint="{endpoint}"' in text
 
 
 def test_bench_and_emulate_receive_their_options_untouched(monkeypatch) -> None:

@@ -236,7 +236,7 @@ def llama() -> Iterator[LocalModelServer]:
     try:
         find_binary()
     except LocalServerError as exc:
-        pytest.skip(f"llama-server not installed: {exc}")
+        pytest.fail(f"llama-server not installed (make test installs it): {exc}")
     with LocalModelServer(parallel=2, ctx_size=4096) as server:
         yield server
 

@@ -33,7 +33,7 @@ def llama() -> Iterator[LocalModelServer]:
     try:
         find_binary()
     except LocalServerError as exc:
-        pytest.skip(f"llama-server not installed: {exc}")
+        pytest.fail(f"llama-server not installed (make test installs it): {exc}")
     with LocalModelServer(parallel=2, ctx_size=8192) as server:
         _SERVER["server"] = server
         yield server

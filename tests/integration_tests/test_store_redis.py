@@ -11,12 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from langchain_core.runnables import RunnableLambda
 
 from langchain_fastpipe.errors import ConfigError
 from langchain_fastpipe.pipeline import Outcome, RankedFallbacks, RedisStore
-
-redis = pytest.importorskip("redis")
 
 pytestmark = pytest.mark.redis
 
@@ -31,7 +30,7 @@ def _free_port() -> int:
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     binary = shutil.which("redis-server")
     if binary is None:
-        pytest.skip("redis-server is not on PATH (apt-get install redis-server)")
+        pytest.fail("redis-server is not on PATH (make redis installs it)")
     port = _free_port()
     workdir: Path = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(  # noqa: S603 - fixed arguments

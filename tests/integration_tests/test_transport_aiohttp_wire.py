@@ -19,8 +19,6 @@ from langchain_fastpipe.errors import (
 )
 from langchain_fastpipe.transport import EndpointConfig, PooledClient, PoolLimits, RetryPolicy
 
-pytest.importorskip("httpx_aiohttp")
-
 CHAT = "/chat/completions"
 
 
