@@ -18,14 +18,23 @@ A fallback happens only before the first chunk reaches the caller of ``astream``
 unless ``continuation_key`` is set: then a strategy failing mid-stream hands the partial
 answer, under that key of the input dict, to the next strategy, whose chunks continue the
 stream.
+
+Like ``with_fallbacks``, a chat model's methods that return a runnable (``bind_tools``,
+``with_structured_output``, ...) are applied to every strategy: the result is a new
+``RankedFallbacks`` over the same names that shares the store, policy and counters, so it
+can be the model of ``langchain.agents.create_agent`` (which calls ``bind_tools`` on every
+step) and what one learns, the other knows.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import threading
 import time
+import types
+import typing
 import weakref
 from collections import deque
 from collections.abc import (
@@ -337,12 +346,18 @@ _INSTANCES: dict[int, weakref.ref[RankedFallbacks[Any, Any]]] = {}
 
 
 def _registry_source() -> dict[str, Any]:
-    """Statistics of every live RankedFallbacks, by name (``#n`` added to repeats)."""
+    """Statistics of every live RankedFallbacks, by name (``#n`` added to repeats).
+
+    Instances derived by a forwarded method (``bind_tools`` ...) share their origin's
+    counters and are listed once.
+    """
     out: dict[str, Any] = {}
+    seen: set[int] = set()
     for ref in list(_INSTANCES.values()):
         instance = ref()
-        if instance is None:
+        if instance is None or id(instance._counters) in seen:
             continue
+        seen.add(id(instance._counters))
         key = instance.get_name()
         n = 2
         while key in out:
@@ -443,9 +458,80 @@ class RankedFallbacks(RunnableSerializable[Input, Output]):
         if self.store is None:
             self.store = MemoryStore()
         self._counters = {n: _StrategyCounters() for n in names}
+        self._register()
+
+    def _register(self) -> None:
+        """List this instance in the ``strategies`` section of the stats registry."""
         key = id(self)
         _INSTANCES[key] = weakref.ref(self, lambda _ref: _INSTANCES.pop(key, None))
         registry.register("strategies", _registry_source)
+
+    # -- chat-model methods applied to every strategy ----------------------------------
+
+    def __getattr__(self, name: str) -> Any:
+        """Apply a method that returns a runnable (``bind_tools`` ...) to every strategy.
+
+        Like ``RunnableWithFallbacks.__getattr__``: when every strategy's runnable has a
+        method ``name`` annotated to return a Runnable, the attribute is a function that
+        calls it on each of them (same arguments) and returns a new ``RankedFallbacks``
+        over the results. The new instance keeps the strategy names, validators and
+        settings, and shares the store, policy and in-process counters: the rankings and
+        statistics carry over in both directions. Other attributes of the candidates
+        (``model_name`` ...) are not forwarded; read them from :attr:`runnables`.
+
+        Args:
+            name: The attribute looked up (only called when normal lookup fails).
+
+        Returns:
+            The function applying the method to every strategy.
+
+        Raises:
+            AttributeError: ``name`` is not such a method of every strategy.
+        """
+        if name.startswith("_") or hasattr(type(self), name):
+            return super().__getattr__(name)  # type: ignore[misc]  # pydantic: private attrs
+        strategies: list[Strategy] = self.__dict__.get("strategies") or []
+        methods = [getattr(s.runnable, name, None) for s in strategies]
+        cls = type(self).__name__
+        if all(m is None for m in methods):
+            msg = f"{cls!r} object has no attribute {name!r}, nor do its strategies"
+            raise AttributeError(msg)
+        lacking = [
+            s.name for s, m in zip(strategies, methods, strict=True) if not _returns_runnable(m)
+        ]
+        if lacking:
+            msg = (
+                f"{cls!r} object has no attribute {name!r}: only methods that return a "
+                f"Runnable on every strategy (such as bind_tools or with_structured_output) "
+                f"are applied to each of them, and {name!r} is not one on strategies {lacking}; "
+                f"read the candidates' own attributes from .runnables"
+            )
+            raise AttributeError(msg)
+
+        @functools.wraps(cast("Callable[..., Any]", methods[0]))
+        def apply_to_every_strategy(*args: Any, **kwargs: Any) -> RankedFallbacks[Any, Any]:
+            return self._derive(name, [m(*args, **kwargs) for m in methods if m is not None])
+
+        return apply_to_every_strategy
+
+    def _derive(self, method: str, runnables: Sequence[Any]) -> RankedFallbacks[Any, Any]:
+        """A copy over ``runnables`` (one per strategy) sharing what this one learned."""
+        for strategy, runnable in zip(self.strategies, runnables, strict=True):
+            if not isinstance(runnable, Runnable):
+                msg = (
+                    f"{method}() of strategy {strategy.name!r} returned "
+                    f"{type(runnable).__name__}, not a Runnable"
+                )
+                raise TypeError(msg)
+        strategies = [
+            s.model_copy(update={"runnable": r})
+            for s, r in zip(self.strategies, runnables, strict=True)
+        ]
+        # A shallow copy: store, policy and the private counters, last-tried times and
+        # lock are the same objects, so both instances rank from one shared record.
+        derived = self.model_copy(update={"strategies": strategies})
+        derived._register()
+        return derived
 
     # -- the small pure-ish pieces -------------------------------------------------
 
@@ -935,3 +1021,28 @@ def _unique_names(runnables: Sequence[Runnable[Any, Any]]) -> list[str]:
             n += 1
         names.append(name)
     return names
+
+
+def _returns_runnable(attr: Any) -> bool:
+    """Whether ``attr`` is a callable annotated to return a Runnable (pure).
+
+    The rule of langchain-core's ``RunnableWithFallbacks.__getattr__``; annotations that
+    do not resolve count as "no".
+    """
+    if not callable(attr):
+        return False
+    try:
+        hint = typing.get_type_hints(attr).get("return")
+    except Exception:
+        return False
+    return hint is not None and _is_runnable_type(hint)
+
+
+def _is_runnable_type(hint: Any) -> bool:
+    """Whether a type hint is a Runnable class, a parametrized one, or a union of them."""
+    if isinstance(hint, type):
+        return issubclass(hint, Runnable)
+    origin = typing.get_origin(hint)
+    if origin is typing.Union or origin is types.UnionType:
+        return all(_is_runnable_type(arg) for arg in typing.get_args(hint))
+    return isinstance(origin, type) and issubclass(origin, Runnable)

@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import sys
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import pytest
-from langchain_core.runnables import Runnable, RunnableGenerator, RunnableLambda
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.runnables import (
+    Runnable,
+    RunnableBinding,
+    RunnableGenerator,
+    RunnableLambda,
+    RunnableSequence,
+)
+from langchain_core.tools import tool
 from pydantic import BaseModel
 
+from langchain_fastpipe.chat_models import ChatFastpipe
 from langchain_fastpipe.errors import AllStrategiesFailedError, ConfigError
 from langchain_fastpipe.pipeline import (
     FixedOrderPolicy,
@@ -639,3 +649,147 @@ async def test_call_kwargs_reach_the_strategy_like_with_fallbacks() -> None:
         ("astream", {"stop": ["\n"]}),
         ("astream", {"stop": ["\n"]}),
     ]
+
+
+# -- chat-model methods applied to every strategy (bind_tools ...) --------------------
+
+
+class Suffixer(Runnable[Any, str]):
+    """Appends a suffix (or fails); ``with_suffix`` returns a new runnable, like bind_tools."""
+
+    def __init__(self, name: str, suffix: str = "", *, fail: bool = False) -> None:
+        self.name = name
+        self.suffix = suffix
+        self.fail = fail
+        self.count = 0  # a plain attribute, not a method returning a runnable
+
+    def invoke(self, input: Any, config: Any = None, **kwargs: Any) -> str:
+        if self.fail:
+            raise ValueError(f"{self.name} failed")
+        return f"{input}{self.suffix}"
+
+    def with_suffix(self, suffix: str) -> Suffixer:
+        return Suffixer(self.name, self.suffix + suffix, fail=self.fail)
+
+    def with_maybe(self, suffix: str) -> Suffixer | None:  # not always a runnable
+        return None
+
+    def lies(self) -> Runnable[Any, str]:  # annotated as a runnable, returns text
+        return cast("Runnable[Any, str]", "not a runnable")
+
+
+def chat(model: str) -> ChatFastpipe:
+    return ChatFastpipe(model=model, base_url="http://127.0.0.1:9/v1", api_key="sk-test")
+
+
+@tool
+def magic_function(input: int) -> int:
+    """Apply a magic function to an input."""
+    return input + 2
+
+
+class Answer(BaseModel):
+    """A short answer."""
+
+    text: str
+
+
+def test_bind_tools_and_structured_output_apply_to_every_candidate_keeping_names() -> None:
+    r = RankedFallbacks(runnable=chat("a"), fallbacks=[chat("b")], seed=3, first_chunk_timeout=5.0)
+    bound = r.bind_tools([magic_function], tool_choice="auto")
+    assert isinstance(bound, RankedFallbacks)
+    assert [s.name for s in bound.strategies] == [s.name for s in r.strategies]
+    for strategy in bound.strategies:
+        assert isinstance(strategy.runnable, RunnableBinding)
+        assert [t["function"]["name"] for t in strategy.runnable.kwargs["tools"]] == [
+            "magic_function"
+        ]
+        assert strategy.runnable.kwargs["tool_choice"] == "auto"
+    assert [s.runnable.bound.model_name for s in bound.strategies] == ["a", "b"]
+    assert (bound.store, bound.policy) == (r.store, r.policy)
+    assert (bound.seed, bound.first_chunk_timeout) == (3, 5.0)
+    structured = bound.with_structured_output(Answer)  # a RunnableSequence per candidate
+    assert isinstance(structured, RankedFallbacks)
+    assert all(isinstance(s.runnable, RunnableSequence) for s in structured.strategies)
+    assert [s.name for s in structured.strategies] == [s.name for s in r.strategies]
+    assert structured.store is r.store
+    assert r.strategies[0].runnable.model_name == "a"  # the original is untouched
+
+
+def test_derived_instances_share_what_was_learned_both_ways() -> None:
+    r = RankedFallbacks(
+        runnable=Suffixer("A", fail=True),
+        fallbacks=[Suffixer("B")],
+        names=["A", "B"],
+        validators=[None, lambda out: out.endswith("!")],
+        seed=0,
+    )
+    d = r.with_suffix("!")
+    assert d.invoke("hi") == "hi!"  # A fails, B passes its validator thanks to the suffix
+    assert r.learned()["A"].failures == 1
+    assert r.learned()["B"].successes == 1
+    assert r.stats()["strategies"]["A"]["failures"] == {"error": 1}
+    for _ in range(10):
+        assert r.with_suffix("?").with_suffix("!").invoke("q") == "q?!"  # derived twice
+    assert r.learned()["B"].successes == 11
+    assert r.stats()["requests"] == d.stats()["requests"] == 11
+    assert r.rank(r.learned()).order[0] == "B"  # the origin ranks by the shared record
+    with pytest.raises(AllStrategiesFailedError):
+        r.invoke("q")  # B's validator rejects the unsuffixed answer: validators are kept
+
+
+def test_derived_instances_appear_once_in_the_registry_and_outlive_their_origin() -> None:
+    r = RankedFallbacks(runnable=Suffixer("A"), name="derived-registry-test", seed=0)
+    d = r.with_suffix("!")
+    assert d.invoke("x") == "x!"
+    assert r.invoke("x") == "x"
+    names = [n for n in get_stats()["strategies"] if n.startswith("derived-registry-test")]
+    assert names == ["derived-registry-test"]
+    del r
+    gc.collect()
+    assert get_stats()["strategies"]["derived-registry-test"]["requests"] == 2
+
+
+def test_runnable_methods_wrap_the_ranked_instance_itself() -> None:
+    probe = KwargsProbe()
+    r = ranked(("P", probe))
+    bound = r.bind(stop=["\n"]).with_config(run_name="renamed")
+    assert isinstance(bound, RunnableBinding)
+    assert bound.bound is r
+    assert bound.invoke("q") == "ok"
+    assert probe.seen == [("stream", {"stop": ["\n"]})]
+    assert r.stats()["requests"] == 1
+
+
+def test_attributes_that_are_not_runnable_methods_raise_attribute_error() -> None:
+    r = RankedFallbacks(runnable=Suffixer("A"), fallbacks=[Suffixer("B")], names=["A", "B"])
+    with pytest.raises(AttributeError, match="'count' is not one on strategies \\['A', 'B'\\]"):
+        _ = r.count
+    with pytest.raises(AttributeError, match="'with_maybe' is not one"):
+        r.with_maybe("!")
+    with pytest.raises(AttributeError, match="'nothing', nor do its strategies"):
+        _ = r.nothing
+    with pytest.raises(AttributeError, match="'_private'"):
+        _ = r._private
+    assert not hasattr(r, "model_name")
+    assert getattr(r, "model_name", None) is None  # how langchain probes a model
+    mixed = RankedFallbacks(
+        runnable=chat("a"), fallbacks=[chat("b") | StrOutputParser()], names=["a", "b|parse"]
+    )
+    with pytest.raises(
+        AttributeError, match="'bind_tools' is not one on strategies \\['b\\|parse'"
+    ):
+        mixed.bind_tools([magic_function])
+    with pytest.raises(TypeError, match="lies\\(\\) of strategy 'A' returned str, not a Runnable"):
+        r.lies()
+
+
+def test_a_property_failing_inside_keeps_its_own_error() -> None:
+    class Broken(RankedFallbacks[Any, Any]):
+        @property
+        def broken(self) -> int:
+            raise AttributeError("the real cause")
+
+    r = Broken(runnable=Suffixer("A"))
+    with pytest.raises(AttributeError, match="the real cause"):
+        _ = r.broken
