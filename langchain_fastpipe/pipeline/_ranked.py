@@ -374,6 +374,13 @@ class RankedFallbacks(RunnableSerializable[Input, Output]):
 
         ranked = RankedFallbacks(runnable=a, fallbacks=[b, c], seed=0)
         ranked = RankedFallbacks(strategies=[Strategy(name="a", runnable=a, validator=Answer)])
+        with_tools = ranked.bind_tools([get_weather])  # on a, b and c; same rankings
+
+    A method the candidates have that returns a runnable (``bind_tools``,
+    ``with_structured_output``, ...) is applied to every strategy and gives a new
+    ``RankedFallbacks`` sharing this one's store, policy and counters (see
+    :meth:`__getattr__`), so it can be the model of ``create_agent``. Other attributes of
+    the candidates raise AttributeError: read them from :attr:`runnables`.
 
     Every attempt is a child run named after its strategy and tagged ``attempt:<name>``.
     Keyword arguments of ``invoke``/``stream``/``ainvoke``/``astream`` go to each
@@ -502,9 +509,9 @@ class RankedFallbacks(RunnableSerializable[Input, Output]):
         if lacking:
             msg = (
                 f"{cls!r} object has no attribute {name!r}: only methods that return a "
-                f"Runnable on every strategy (such as bind_tools or with_structured_output) "
+                "Runnable on every strategy (such as bind_tools or with_structured_output) "
                 f"are applied to each of them, and {name!r} is not one on strategies {lacking}; "
-                f"read the candidates' own attributes from .runnables"
+                "read the candidates' own attributes from .runnables"
             )
             raise AttributeError(msg)
 
