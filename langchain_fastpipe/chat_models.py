@@ -73,6 +73,7 @@ from langchain_fastpipe.transport import (
     get_pool,
     redact_url,
 )
+from langchain_fastpipe.transport._config import quote_url
 
 __all__ = ["ChatFastpipe", "set_preload_hook"]
 
@@ -122,7 +123,7 @@ def _reject_credentials(base_url: str) -> None:
     except ValueError:
         return  # malformed: the transport's validator names the problem
     if parts.username or parts.password:
-        shown = redact_url(base_url)
+        shown = quote_url(base_url)
         msg = (
             f"ChatFastpipe.base_url must not carry credentials ({shown!r}): pass the key as api_key"
         )

@@ -597,11 +597,14 @@ def _base_url_problem(url: str) -> str | None:
     ``EndpointConfig``; the reason shows the URL redacted, never a query or credentials.
     """
     from langchain_fastpipe.transport import EndpointConfig
+    from langchain_fastpipe.transport._config import quote_url
 
     try:
         EndpointConfig(base_url=url)
     except ConfigError as exc:
-        return str(exc).removeprefix("EndpointConfig.base_url ")
+        reason = str(exc).removeprefix("EndpointConfig.base_url ")
+        # the message already shows the value: "<path> = 'x' must ..., got 'x'" says it twice
+        return reason.replace(f", got {quote_url(url)!r}", "", 1)
     parts = urlsplit(url)
     if parts.username or parts.password:
         return "must not carry credentials: pass the key as backend.api_key"
@@ -895,12 +898,11 @@ def _show(value: Any, path: str) -> str:
         return "<redacted>"
     if isinstance(value, SecretStr):
         return "<redacted>"
-    if isinstance(value, str) and "://" in value:
-        parts = urlsplit(value)
-        if parts.username or parts.password:
-            value = value.replace(parts.netloc, parts.netloc.rpartition("@")[2], 1)
-        if parts.query or parts.fragment or "?" in value or "#" in value:
-            value = value.split("?", 1)[0].split("#", 1)[0] + "?<redacted>"
+    if isinstance(value, str) and ("://" in value or path.endswith("_url")):
+        # also a scheme-less ``user:key@host`` or ``host/v1?key=...``
+        from langchain_fastpipe.transport._config import quote_url
+
+        value = quote_url(value)
     if isinstance(value, (dict, list)) and len(repr(value)) > 80:
         return f"<{type(value).__name__}>"
     text = repr(value)

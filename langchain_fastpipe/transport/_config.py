@@ -9,6 +9,7 @@ the field (or the redacted URL) that was wrong.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit
@@ -26,6 +27,7 @@ __all__ = [
     "EndpointConfig",
     "PoolLimits",
     "RetryPolicy",
+    "quote_url",
     "redact_url",
 ]
 
@@ -177,33 +179,100 @@ def redact_url(url: str) -> str:
     return f"{scheme}://{netloc}{parts.path.rstrip('/')}"
 
 
+def quote_url(url: str) -> str:
+    """``url`` as the user wrote it, less anything that may be a secret, for messages.
+
+    Unlike :func:`redact_url` nothing is normalised (no lower-casing, default port or
+    trailing-slash removal, and a scheme-less ``host:port`` stays as written), so a
+    message can quote the user's own value. Credentials (``user:password@``, also in a
+    scheme-less value) are dropped and a query or fragment becomes ``?<redacted>``.
+
+    Args:
+        url: Any string given as a URL (it may be malformed).
+
+    Returns:
+        The value to quote.
+    """
+    cut = min((i for i in (url.find("?"), url.find("#")) if i >= 0), default=-1)
+    text = url if cut < 0 else url[:cut]
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "", text
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        authority = authority.rpartition("@")[2]
+    quoted = f"{scheme}{sep}{authority}{slash}{path}"
+    return quoted if cut < 0 else f"{quoted}{url[cut]}<redacted>"
+
+
+_BASE_URL_FORM = "http(s)://host[:port][/path]"
+_SCHEME_SLASHES = re.compile(r"^(https?):/*(?=[^/])", re.IGNORECASE)
+
+
+def _base_url_suggestion(url: str) -> str | None:
+    """A valid base URL the user probably meant by ``url``, or None.
+
+    Covers a missing scheme (``localhost:8080`` -> ``http://localhost:8080``), a scheme
+    with too few slashes (``http:localhost``), ``//host`` and surrounding whitespace.
+    Nothing is suggested for a value with credentials, a query or a fragment.
+    """
+    candidate = url.strip()
+    if "://" not in candidate:
+        if candidate.startswith("//"):
+            candidate = "http:" + candidate
+        elif match := _SCHEME_SLASHES.match(candidate):
+            candidate = f"{match.group(1)}://{candidate[match.end() :]}"
+        else:
+            candidate = "http://" + candidate
+    if candidate == url or any(c in candidate for c in "@?#"):
+        return None
+    try:
+        _validate_base_url(candidate)
+    except ConfigError:
+        return None
+    return candidate
+
+
+def _base_url_error(problem: str, url: str) -> ConfigError:
+    """``EndpointConfig.base_url <problem>``, with a suggestion when one is found."""
+    hint = _base_url_suggestion(url)
+    suffix = f"; did you mean {hint!r}?" if hint is not None else ""
+    return ConfigError(f"EndpointConfig.base_url {problem}{suffix}")
+
+
 def _validate_base_url(base_url: object) -> None:
     """Raise ConfigError unless ``base_url`` is ``http(s)://host[:port][/path]``.
 
-    The message shows the redacted URL only (no credentials, query or fragment).
+    The message quotes the user's own value (:func:`quote_url`: as written, without
+    credentials, query or fragment) and suggests the URL they probably meant (for a
+    scheme-less ``host:port``, ``http://host:port``).
     """
     if not isinstance(base_url, str):
         msg = f"EndpointConfig.base_url must be a str, got {type(base_url).__name__}"
         raise ConfigError(msg)
-    shown = redact_url(base_url)
+    shown = quote_url(base_url)
+    if not base_url.strip():
+        problem = f"must be {_BASE_URL_FORM} (e.g. 'http://localhost:8080'), got {shown!r}"
+        raise _base_url_error(problem, base_url)
+    if base_url != base_url.strip():
+        raise _base_url_error(f"has leading or trailing whitespace, got {shown!r}", base_url)
     try:
         parts = urlsplit(base_url)
         _ = parts.port  # raises ValueError on a bad port
     except ValueError as exc:
-        msg = f"EndpointConfig.base_url is not a valid URL: {shown!r} ({exc})"
-        raise ConfigError(msg) from exc
+        raise _base_url_error(f"is not a valid URL ({exc}), got {shown!r}", base_url) from exc
     if parts.scheme.lower() not in _DEFAULT_PORTS:
-        msg = f"EndpointConfig.base_url must use http or https, got {shown!r}"
-        raise ConfigError(msg)
+        raise _base_url_error(f"must use http or https, got {shown!r}", base_url)
     if not parts.hostname:
-        msg = f"EndpointConfig.base_url has no host: {shown!r}"
-        raise ConfigError(msg)
+        raise _base_url_error(f"has no host, got {shown!r}", base_url)
+    if any(c.isspace() for c in base_url):
+        raise _base_url_error(f"must not contain whitespace, got {shown!r}", base_url)
     if "?" in base_url or "#" in base_url:
         # Paths are appended to base_url, so a query would end up in the middle of the
         # URL; and a query may hold a key (``?api-key=...``): it is never shown.
         msg = (
-            f"EndpointConfig.base_url must not have a query or fragment: {shown!r} "
-            "(pass keys as headers, not in the URL)"
+            "EndpointConfig.base_url must not have a query or fragment (pass keys as "
+            f"headers, not in the URL), got {shown!r}"
         )
         raise ConfigError(msg)
 

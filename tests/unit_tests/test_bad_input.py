@@ -289,3 +289,115 @@ def test_human_message_still_fine(wire: CountingTransport) -> None:
     with pytest.raises(Exception):
         model.invoke([HumanMessage("hi")])
     assert wire.requests == 1
+
+
+# --------------------------------------------------------------------------- the user's own URL
+
+SECRET = "sk-test-SECRET-789"
+
+
+@pytest.mark.parametrize(
+    ("url", "problem", "suggestion"),
+    [
+        ("localhost:8080", "must use http or https", "http://localhost:8080"),
+        ("localhost", "must use http or https", "http://localhost"),
+        ("127.0.0.1:8080/v1", "must use http or https", "http://127.0.0.1:8080/v1"),
+        ("[::1]:11434", "must use http or https", "http://[::1]:11434"),
+        ("//localhost:8080", "must use http or https", "http://localhost:8080"),
+        ("http:localhost:8080", "has no host", "http://localhost:8080"),
+        ("HTTPS:/api.example.com/v1", "has no host", "HTTPS://api.example.com/v1"),
+        (
+            " http://localhost:8080/v1",
+            "has leading or trailing whitespace",
+            "http://localhost:8080/v1",
+        ),
+        ("http://localhost:8080\n", "has leading or trailing whitespace", "http://localhost:8080"),
+    ],
+)
+def test_mistyped_base_url_is_quoted_as_written_with_a_suggestion(
+    url: str, problem: str, suggestion: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        ChatFastpipe(model="m", base_url=url)
+    assert str(info.value) == (
+        f"ChatFastpipe.base_url {problem}, got {url!r}; did you mean {suggestion!r}?"
+    )
+    # the suggestion is itself accepted
+    assert ChatFastpipe(model="m", base_url=suggestion).base_url == suggestion
+
+
+def test_issue_example_quotes_localhost_8080() -> None:
+    with pytest.raises(ConfigError) as info:
+        ChatFastpipe(base_url="localhost:8080", model="m")
+    assert str(info.value) == (
+        "ChatFastpipe.base_url must use http or https, got 'localhost:8080'; "
+        "did you mean 'http://localhost:8080'?"
+    )
+    with pytest.raises(ConfigError) as info:
+        EndpointConfig(base_url="localhost:8080")
+    assert str(info.value) == (
+        "EndpointConfig.base_url must use http or https, got 'localhost:8080'; "
+        "did you mean 'http://localhost:8080'?"
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("ftp://Example.COM/v1/", "must use http or https"),  # as written: case, slash
+        ("", "must be http(s)://host[:port][/path] (e.g. 'http://localhost:8080')"),
+        ("   ", "must be http(s)://host[:port][/path] (e.g. 'http://localhost:8080')"),
+        ("http://", "has no host"),
+        ("https:///v1", "has no host"),
+        ("not a url", "must use http or https"),
+        ("http://local host:8080/v1", "must not contain whitespace"),
+        ("http://local\thost:8080", "must not contain whitespace"),
+        ("localhost:99999", "must use http or https"),  # http://localhost:99999 is no better
+    ],
+)
+def test_bad_base_url_is_quoted_as_written_without_a_wrong_suggestion(
+    url: str, problem: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        ChatFastpipe(model="m", base_url=url)
+    assert str(info.value) == f"ChatFastpipe.base_url {problem}, got {url!r}"
+
+
+def test_unparseable_base_url_is_quoted_as_written() -> None:
+    with pytest.raises(ConfigError) as info:
+        ChatFastpipe(model="m", base_url="http://Host:port/v1/")
+    text = str(info.value)
+    assert text.startswith("ChatFastpipe.base_url is not a valid URL (")
+    assert text.endswith(", got 'http://Host:port/v1/'")
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (f"user:{SECRET}@localhost:8080", "localhost:8080"),
+        (f"localhost:8080/v1?key={SECRET}", "localhost:8080/v1?<redacted>"),
+        (f"http://127.0.0.1:9/v1#{SECRET}", "http://127.0.0.1:9/v1#<redacted>"),
+        (f"ftp://me:{SECRET}@Example.com/v1", "ftp://Example.com/v1"),
+    ],
+)
+def test_quoted_url_never_shows_credentials_or_query(url: str, shown: str) -> None:
+    for build in (
+        lambda: ChatFastpipe(model="m", base_url=url),
+        lambda: EndpointConfig(base_url=url),
+        lambda: FastpipeConfig(backend={"base_url": url}),
+    ):
+        with pytest.raises(ConfigError) as info:
+            build()
+        text = str(info.value)
+        assert SECRET not in text
+        assert repr(shown) in text
+        assert "did you mean" not in text  # no suggestion built from a secret-bearing value
+
+
+def test_fastpipe_config_quotes_the_value_once_with_the_suggestion() -> None:
+    with pytest.raises(ConfigError) as info:
+        FastpipeConfig(backend={"base_url": "localhost:8080"})
+    assert str(info.value).startswith(
+        "backend.base_url = 'localhost:8080' must use http or https; "
+        "did you mean 'http://localhost:8080'?"
+    )
