@@ -6,17 +6,24 @@
 - ``make_emulator(config=None, *, http2=False, tls=False)``: a fresh server for one test,
   stopped after it (use it for custom profiles, ``goaway_after`` or exact counters).
 
+``response_tracker``: weak references to the responses of the pools a test hooks, for leak
+checks that count only what the test created.
+
 Injected faults and recorded requests of the session servers are cleared before and after
 every test that uses them (counters such as ``requests`` keep growing: compare deltas).
 """
 
 from __future__ import annotations
 
+import gc
+import weakref
 from collections.abc import Callable, Iterator
 
+import httpx
 import pytest
 
 from langchain_fastpipe.emulator import EmulatorConfig, EmulatorServer
+from langchain_fastpipe.transport import PooledClient
 
 MakeEmulator = Callable[..., EmulatorServer]
 
@@ -65,3 +72,40 @@ def make_emulator() -> Iterator[MakeEmulator]:
     yield make
     for server in servers:
         server.stop()
+
+
+class ResponseTracker:
+    """Weak references to the HTTP responses of the pools a test tracks, to find leaks.
+
+    A leak check counts what the test itself created: only responses made by the tracked
+    pools' clients (hooked with httpx's ``response`` event hook), never every object in
+    the process.
+    """
+
+    def __init__(self) -> None:
+        self.refs: list[weakref.ref[httpx.Response]] = []
+
+    def _record(self, response: httpx.Response) -> None:
+        self.refs.append(weakref.ref(response))
+
+    async def _arecord(self, response: httpx.Response) -> None:
+        self._record(response)
+
+    def track_sync(self, pool: PooledClient) -> None:
+        """Record every response of ``pool``'s sync client."""
+        pool._client().event_hooks["response"].append(self._record)
+
+    def track_async(self, pool: PooledClient) -> None:
+        """Record every response of ``pool``'s async client of the running loop."""
+        pool._aclient().event_hooks["response"].append(self._arecord)
+
+    def alive(self) -> int:
+        """How many recorded responses are still alive after a full garbage collection."""
+        gc.collect()
+        return sum(1 for ref in self.refs if ref() is not None)
+
+
+@pytest.fixture
+def response_tracker() -> ResponseTracker:
+    """A fresh :class:`ResponseTracker` (hook it to the pools under test)."""
+    return ResponseTracker()

@@ -60,6 +60,7 @@ from langchain_fastpipe.transport._config import EndpointConfig, RetryPolicy
 from langchain_fastpipe.transport._retry import (
     GOAWAY_REPLAYS,
     counts_as_breaker_failure,
+    forget_traceback,
     is_retryable_httpx_error,
     is_stale_connection_error,
     map_httpx_error,
@@ -874,6 +875,10 @@ class PooledClient:
             raise exc
         failed = self._classify(exc, trace, call)
         if failed is None:
+            # Resent at once: nothing may keep this failure's frames (and through them
+            # the next attempt's response) alive. httpcore stores the exception on the
+            # errored connection and re-raises it to later requests.
+            forget_traceback(exc)
             return
         guard.failed(failed)
         raise failed from None

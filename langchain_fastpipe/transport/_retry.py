@@ -24,6 +24,7 @@ from langchain_fastpipe.transport._config import RetryPolicy
 
 __all__ = [
     "backoff_delay",
+    "forget_traceback",
     "is_graceful_goaway",
     "is_retryable_httpx_error",
     "is_stale_connection_error",
@@ -273,3 +274,23 @@ def redact_secrets(text: str, headers: Mapping[str, str] | None) -> str:
     for secret in sorted(secrets, key=len, reverse=True):  # "Bearer sk-x" before "sk-x"
         text = text.replace(secret, _REDACTED)
     return text
+
+
+def forget_traceback(exc: BaseException) -> None:
+    """Drop the tracebacks along ``exc``'s chain (``__cause__`` and ``__context__``).
+
+    For failures that are caught and moved past (a replayed request, a best-effort
+    close). A traceback holds every frame it passed through, and each frame its locals:
+    an exception that outlives its handler (httpcore stores a connection's read or write
+    error and re-raises it to every later request on that connection, until the
+    connection expires) would otherwise keep those frames' responses and buffers alive.
+    """
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        item = todo.pop()
+        if item is None or id(item) in seen:
+            continue
+        seen.add(id(item))
+        item.__traceback__ = None
+        todo.extend((item.__cause__, item.__context__))

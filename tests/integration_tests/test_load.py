@@ -2,23 +2,22 @@
 
 Asserted: every stream completes with the exact deterministic answer (no pool-timeout or
 any other error), the pool's in-flight count returns to 0, the server never sees more
-connections than the limit (sampled while the load runs, and in total), no HTTP response
-object outlives the load, and the process RSS comes back near its level before the load.
+connections than the limit (sampled while the load runs, and in total), and no HTTP
+response the pool made outlives the load (weak references to this pool's own responses,
+not a count of every object in the process).
 
-Nothing is timed: the one deadline (``LOAD_DEADLINE``) only stops a stuck run so the file
-stays well under a minute; hitting it fails the test with the counts reached so far.
+Nothing is timed: the pool timeout and the one deadline (``LOAD_DEADLINE``) only stop a
+stuck run, with room for a slow, busy 2-core machine (a quiet one finishes in seconds);
+hitting the deadline fails the test with the counts reached so far.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
-import os
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 import pytest
 
 from langchain_fastpipe.chat_models import ChatFastpipe
@@ -30,27 +29,13 @@ MakeEmulator = Callable[..., EmulatorServer]
 STREAMS = 2000
 LIMIT = 50
 WARMUP = 100
-LOAD_DEADLINE = 30.0  # a hang guard, not a performance assertion
-RSS_SLACK_BYTES = 64 * 1024 * 1024
+LOAD_DEADLINE = 240.0  # a hang guard, not a performance assertion
 PROMPT = "load test prompt"
 #: No GOAWAY during the load. Left unset, hypercorn's keep_alive_max_requests=1000 applies
 #: and its HTTP/2 GOAWAY aborts every stream in flight on the connection (h2 forbids
 #: sending after GOAWAY); streams already past their first byte must not be retried
 #: (TRAPS 9), so they fail. GOAWAY is covered by the fault matrix, not by this test.
 NO_GOAWAY = EmulatorConfig(goaway_after=10**9)
-
-
-def rss_bytes() -> int:
-    """Resident set size of this process, from /proc/self/statm."""
-    with open("/proc/self/statm", encoding="ascii") as fh:
-        resident_pages = int(fh.read().split()[1])
-    return resident_pages * os.sysconf("SC_PAGE_SIZE")
-
-
-def live_responses() -> int:
-    """httpx.Response objects still alive (a leaked stream keeps its response)."""
-    gc.collect()
-    return sum(1 for obj in gc.get_objects() if isinstance(obj, httpx.Response))
 
 
 class ConnectionSampler:
@@ -88,9 +73,10 @@ async def run_load(model: ChatFastpipe, count: int) -> tuple[list[Any], int]:
     return results, len(done)
 
 
+@pytest.mark.timeout(LOAD_DEADLINE + 60)
 @pytest.mark.parametrize(("proto", "start"), [("h1", "warm"), ("h1", "cold"), ("h2", "warm")])
 async def test_2000_concurrent_streams_through_a_pool_of_50(
-    make_emulator: MakeEmulator, proto: str, start: str
+    make_emulator: MakeEmulator, response_tracker: Any, proto: str, start: str
 ) -> None:
     """``warm``: the pool's connections exist before the burst; ``cold``: they do not."""
     h2 = proto == "h2"
@@ -98,7 +84,7 @@ async def test_2000_concurrent_streams_through_a_pool_of_50(
     model = ChatFastpipe(
         provider="openai", model="emu", base_url=server.openai_base_url,
         verify=server.ca_cert_path or True, http2=h2,
-        max_connections=LIMIT, max_keepalive_connections=LIMIT, timeout=20.0,
+        max_connections=LIMIT, max_keepalive_connections=LIMIT, timeout=LOAD_DEADLINE,
     )  # fmt: skip
     pool = get_pool(model.endpoint_config)
     ref = (await model.ainvoke(PROMPT)).text
@@ -111,8 +97,6 @@ async def test_2000_concurrent_streams_through_a_pool_of_50(
         else:
             await pool.aclose()  # drop the reference call's connection: a cold burst
             assert pool.stats()["in_flight"] == 0
-        gc.collect()
-        rss_before = rss_bytes()
         # The reference call's connection (closed again for a cold start) is not the load's.
         # Hypercorn keeps its side of a keep-alive connection the client closed open
         # (CLOSE-WAIT) until its keep-alive timeout: the server still counts it.
@@ -120,6 +104,7 @@ async def test_2000_concurrent_streams_through_a_pool_of_50(
         server_opened_before = server.connections_opened
         lingering = server.open_connections if start == "cold" else 0
 
+        response_tracker.track_async(pool)  # this loop's client, as the load will use it
         results, finished = await run_load(model, STREAMS)
     finally:
         watcher.cancel()
@@ -141,6 +126,6 @@ async def test_2000_concurrent_streams_through_a_pool_of_50(
     assert sampler.peak <= LIMIT + lingering
     assert server.open_connections <= LIMIT + lingering
 
-    assert live_responses() == 0
-    growth = rss_bytes() - rss_before
-    assert growth < RSS_SLACK_BYTES, f"RSS grew by {growth / 2**20:.1f} MiB"
+    del results
+    assert len(response_tracker.refs) >= STREAMS
+    assert response_tracker.alive() == 0
