@@ -403,14 +403,16 @@ def test_malformed_and_truncated(client: httpx.Client, emulator: EmulatorServer)
 def test_hang_and_slow_drip_trip_read_timeouts(
     client: httpx.Client, emulator: EmulatorServer
 ) -> None:
+    # The read timeout (1 s) is well under the fault's delay (3 s) and well over what the
+    # first chunk takes on a busy machine.
     emulator.inject(Fault.hang_before_first_byte(3))
     with pytest.raises(httpx.ReadTimeout):
         client.post(CHAT, json={"model": "m", "messages": MESSAGES, "stream": True},
-                    timeout=httpx.Timeout(5, read=0.3))  # fmt: skip
+                    timeout=httpx.Timeout(5, read=1.0))  # fmt: skip
     emulator.inject(Fault.slow_drip(3))
     received: list[str] = []
     with pytest.raises(httpx.ReadTimeout):
-        read_stream(client, received, timeout=httpx.Timeout(5, read=0.3))
+        read_stream(client, received, timeout=httpx.Timeout(5, read=1.0))
     assert len(received) == 1  # the first chunk comes at once, then the drip
 
 

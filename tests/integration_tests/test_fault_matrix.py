@@ -168,7 +168,10 @@ async def arm(
     """Start a server, build a model, take the reference (if ``warm``), then inject ``fault``."""
     server = new_server(make_emulator, proto, config)
     model = model_for(server, provider, **model_kwargs)
-    ref = await reference(model) if warm else ""
+    # A short ``timeout`` is the subject of its test, not of the reference call: on a busy
+    # machine the reference could exceed it, so it runs on a model with default timeouts.
+    ref_model = model if "timeout" not in model_kwargs else model_for(server, provider)
+    ref = await reference(ref_model) if warm else ""
     before = server.chat_requests
     if fault is not None:
         server.inject(fault, times=times)
@@ -327,7 +330,10 @@ async def test_429_retry_after_http_date_is_honoured(
 # --------------------------------------------------------------------------- timing faults
 
 HANG = 1.5
-SHORT = 0.25
+SHORT = 0.25  # a timeout that a HANG always exceeds
+#: The backup's first chunk must come within this, on a busy 2-core machine too.
+FALLBACK_FIRST_CHUNK = 2.0
+LONG_HANG = 6.0  # always exceeds FALLBACK_FIRST_CHUNK
 
 
 @matrix
@@ -382,12 +388,13 @@ async def test_hang_falls_back_in_ranked_pipeline(
     make_emulator: MakeEmulator, sleeps: RecordingSleep, provider: str, proto: str
 ) -> None:
     # the backup is another pool config on the same server
-    a = await arm(make_emulator, proto, provider, Fault.hang_before_first_byte(HANG), max_retries=1)
+    hang = Fault.hang_before_first_byte(LONG_HANG)
+    a = await arm(make_emulator, proto, provider, hang, max_retries=1)
     ranked = RankedFallbacks(
         runnable=model_for(a.server, provider),
         fallbacks=[a.model],
         names=["slow", "backup"],
-        first_chunk_timeout=SHORT,
+        first_chunk_timeout=FALLBACK_FIRST_CHUNK,
         optimized=False,
     )
     pieces = [chunk.text async for chunk in ranked.astream(PROMPT)]
