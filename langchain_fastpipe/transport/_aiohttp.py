@@ -1,10 +1,11 @@
-"""The optional aiohttp engine: an httpx transport on aiohttp's HTTP/1.1 client.
+"""The aiohttp engine: an httpx transport on aiohttp's HTTP/1.1 client.
 
 httpx's own HTTP/1.1 pool (httpcore) costs several times more client CPU per request
-than aiohttp at hundreds of concurrent streams (TRAPS 2). ``httpx_aiohttp``'s
+than aiohttp at hundreds of concurrent streams (encode/httpx#3215). ``httpx_aiohttp``'s
 ``AiohttpTransport`` keeps the httpx API (requests, responses, streaming, errors) and
-moves the wire work to aiohttp. Selected by ``EndpointConfig(engine="aiohttp")``; needs
-the ``aiohttp`` extra (``httpx-aiohttp``). Async calls only, HTTP/1.1 only.
+moves the wire work to aiohttp. The default for plain ``http://`` endpoints
+(``EndpointConfig.async_engine``), or forced with ``engine="aiohttp"``. Async calls only,
+HTTP/1.1 only.
 
 Two things are adapted here:
 
@@ -29,7 +30,6 @@ from typing import Any
 
 import httpx
 
-from langchain_fastpipe.errors import ConfigError
 from langchain_fastpipe.transport._config import EndpointConfig
 
 __all__ = ["aiohttp_transport", "remap_aiohttp_error"]
@@ -132,19 +132,10 @@ def aiohttp_transport(
 
     Returns:
         The httpx transport.
-
-    Raises:
-        ConfigError: ``httpx-aiohttp`` (the ``aiohttp`` extra) is not installed.
     """
-    try:
-        import aiohttp
-        from httpx_aiohttp import AiohttpTransport
-    except ImportError as exc:
-        msg = (
-            "EndpointConfig.engine='aiohttp' needs the optional packages aiohttp and "
-            "httpx-aiohttp: pip install 'langchain-fastpipe[aiohttp]'"
-        )
-        raise ConfigError(msg) from exc
+    import aiohttp
+    from httpx_aiohttp import AiohttpTransport
+
     limits = config.limits
     trace = _trace_config()
     verify: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True

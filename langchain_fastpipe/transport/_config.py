@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 from langchain_fastpipe.errors import ConfigError
 
 #: The HTTP engines of async calls (see ``EndpointConfig.engine``).
-Engine = Literal["httpx", "aiohttp"]
-ENGINES: tuple[Engine, ...] = ("httpx", "aiohttp")
+Engine = Literal["auto", "httpx", "aiohttp"]
+ENGINES: tuple[Engine, ...] = ("auto", "httpx", "aiohttp")
 
 __all__ = [
     "DEFAULT_RETRY_STATUSES",
@@ -293,11 +293,12 @@ class EndpointConfig:
         breaker: The circuit breaker policy.
         max_response_bytes: Largest non-streamed reply body accepted.
         pooling: False gives a fresh HTTP/1.1 client per request (the "flag off" baseline).
-        engine: The HTTP/1.1 engine of async calls: ``"httpx"`` (httpcore, the default) or
-            ``"aiohttp"`` (``httpx_aiohttp.AiohttpTransport``: same httpx API, ~1.5-2x the
-            throughput at hundreds of concurrent streams; needs the ``aiohttp`` extra).
-            With ``"aiohttp"`` async calls speak HTTP/1.1 only (no HTTP/2), and the
-            statistics count connections and pool waits through aiohttp's tracing; sync
+        engine: The engine of async calls. ``"auto"`` (the default) picks the fastest for
+            the URL (:attr:`async_engine`): aiohttp for plain ``http://`` endpoints (local
+            servers speak HTTP/1.1, where aiohttp costs a fraction of httpcore's CPU per
+            request), httpx with HTTP/2 by ALPN for ``https://`` and for h2c.
+            ``"httpx"`` always uses httpx (httpcore); ``"aiohttp"`` always uses
+            ``httpx_aiohttp.AiohttpTransport`` (same httpx API, HTTP/1.1 only). Sync
             calls always use httpx.
     """
 
@@ -312,7 +313,7 @@ class EndpointConfig:
     breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
     max_response_bytes: int = 64 * 1024 * 1024
     pooling: bool = True
-    engine: Engine = "httpx"
+    engine: Engine = "auto"
 
     def __post_init__(self) -> None:
         """Validate every field."""
@@ -347,6 +348,20 @@ class EndpointConfig:
             raise ConfigError(msg)
 
     @property
+    def async_engine(self) -> Literal["httpx", "aiohttp"]:
+        """The engine async calls use: :attr:`engine`, with ``"auto"`` resolved.
+
+        ``"auto"`` is aiohttp for pooled plain-``http://`` endpoints without h2c, and
+        httpx otherwise (HTTP/2 by ALPN over TLS, h2c, or the unpooled baseline).
+        """
+        if self.engine != "auto":
+            return self.engine
+        plain = self.base_url[:5].lower() == "http:"
+        if plain and self.pooling and not self.http2_prior_knowledge:
+            return "aiohttp"
+        return "httpx"
+
+    @property
     def speaks_http2(self) -> bool:
         """Whether pooled httpx calls may use HTTP/2 (ALPN over https, or h2c opt-in).
 
@@ -367,8 +382,8 @@ class EndpointConfig:
         connection per origin; more streams than the server allows are refused); over
         HTTP/1.1 it is ``limits.max_connections``. When the server declines HTTP/2 in
         ALPN, up to ``max_concurrent_streams - max_connections`` requests queue in
-        httpcore, as before. Async calls of the ``"aiohttp"`` engine (HTTP/1.1 only) use
-        ``max_connections``.
+        httpcore, as before. Async calls on aiohttp (:attr:`async_engine`, HTTP/1.1 only)
+        use ``max_connections``.
         """
         if self.speaks_http2:
             return self.limits.max_concurrent_streams

@@ -583,7 +583,7 @@ class PooledClient:
         # wait here, FIFO, never in httpcore's queue. One per event loop, one for sync.
         self._sync_gate = threading.BoundedSemaphore(config.admission_limit)
         self._async_gate_size = (
-            limits.max_connections if config.engine == "aiohttp" else config.admission_limit
+            limits.max_connections if config.async_engine == "aiohttp" else config.admission_limit
         )
         self._gates: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
         # A plain dict: a client refers to its loop (through its connections), so a
@@ -617,7 +617,7 @@ class PooledClient:
         kwargs = self._client_kwargs()
         if self._async_transport is not None:
             kwargs["transport"] = self._async_transport
-        elif self.config.engine == "aiohttp" and self.config.pooling:
+        elif self.config.async_engine == "aiohttp" and self.config.pooling:
             kwargs["transport"] = aiohttp_transport(self.config, self._ssl_context)
         return httpx.AsyncClient(**kwargs)
 

@@ -1,9 +1,11 @@
 """LangChain's standard integration tests for ChatFastpipe, against the emulator.
 
-Four variants: the OpenAI and Ollama wire formats, each over plain HTTP/1.1 and over TLS
-with HTTP/2 (ALPN). The emulator is the session fixture of ``tests/conftest.py``; an
-autouse fixture stores it on the test instance, so ``chat_model_params`` (a property the
-standard tests read both through their ``model`` fixture and directly) can point at it.
+Five variants: the OpenAI and Ollama wire formats, each over plain HTTP/1.1 (the default
+``engine="auto"``: aiohttp for async calls) and over TLS with HTTP/2 (ALPN), plus OpenAI over
+plain HTTP/1.1 on ``engine="httpx"``. The emulator is the session fixture of
+``tests/conftest.py``; an autouse fixture stores it on the test instance, so
+``chat_model_params`` (a property the standard tests read both through their ``model``
+fixture and directly) can point at it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from langchain_fastpipe.emulator import EmulatorServer
 class _EmulatorStandardTests(ChatModelIntegrationTests):
     provider = "openai"
     server_fixture = "emulator"
+    engine = "auto"  # plain http: aiohttp for async calls; https: httpx with HTTP/2
     _server: EmulatorServer
 
     @pytest.fixture(autouse=True)
@@ -42,6 +45,7 @@ class _EmulatorStandardTests(ChatModelIntegrationTests):
             "provider": self.provider,
             "base_url": server.base_url + suffix,
             "verify": server.ca_cert_path or True,
+            "engine": self.engine,
         }
 
     @property
@@ -72,6 +76,12 @@ class _EmulatorStandardTests(ChatModelIntegrationTests):
 class TestOpenAIHTTP1(_EmulatorStandardTests):
     provider = "openai"
     server_fixture = "emulator"
+
+
+class TestOpenAIHTTP1HttpxEngine(_EmulatorStandardTests):
+    provider = "openai"
+    server_fixture = "emulator"
+    engine = "httpx"  # httpcore's HTTP/1.1 for async calls too
 
 
 class TestOpenAIHTTP2TLS(_EmulatorStandardTests):

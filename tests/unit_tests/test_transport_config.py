@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 import langchain_fastpipe.transport as transport
@@ -10,6 +12,7 @@ from langchain_fastpipe.stats import get_stats
 from langchain_fastpipe.transport import (
     BreakerPolicy,
     EndpointConfig,
+    PooledClient,
     PoolLimits,
     RetryPolicy,
     get_pool,
@@ -142,3 +145,32 @@ def test_query_or_fragment_is_rejected_without_showing_it(url: str) -> None:
     with pytest.raises(ConfigError, match="query or fragment") as info:
         EndpointConfig(base_url=url)
     assert SECRET not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "engine"),
+    [
+        ({"base_url": "http://127.0.0.1:11434"}, "aiohttp"),  # Ollama, llama.cpp, vLLM...
+        ({"base_url": "HTTP://host:8080/v1"}, "aiohttp"),
+        ({"base_url": "https://api.example.com/v1"}, "httpx"),  # HTTP/2 by ALPN
+        ({"base_url": "http://h", "http2_prior_knowledge": True}, "httpx"),  # h2c
+        ({"base_url": "http://h", "pooling": False}, "httpx"),  # the flag-off baseline
+        ({"base_url": "http://h", "engine": "httpx"}, "httpx"),
+        ({"base_url": "https://h", "engine": "aiohttp"}, "aiohttp"),
+    ],
+)
+def test_auto_engine_picks_aiohttp_for_plain_http_and_httpx_for_tls(
+    kwargs: dict[str, Any], engine: str
+) -> None:
+    config = EndpointConfig(**kwargs)
+    assert config.async_engine == engine
+    if "engine" not in kwargs:
+        assert config.engine == "auto"
+
+
+def test_auto_engine_admits_per_connection_on_aiohttp_and_per_stream_on_h2() -> None:
+    limits = PoolLimits(max_connections=7, max_concurrent_streams=33)
+    plain = PooledClient(EndpointConfig(base_url="http://h", limits=limits))
+    tls = PooledClient(EndpointConfig(base_url="https://h", limits=limits))
+    assert plain._async_gate_size == 7
+    assert tls._async_gate_size == 33
