@@ -293,10 +293,10 @@ class ChatFastpipe(BaseChatModel):
     max_keepalive_connections: int = 20
     """Idle connections the endpoint's pool keeps for reuse."""
 
-    engine: str = "httpx"
-    """HTTP/1.1 engine of async calls: ``"httpx"`` (default) or ``"aiohttp"`` (httpx API
-    over aiohttp, ~1.5-2x the throughput at hundreds of concurrent streams; HTTP/1.1 only;
-    needs the ``aiohttp`` extra). See ``EndpointConfig.engine``."""
+    engine: str = "auto"
+    """Engine of async calls: ``"auto"`` (default: aiohttp for ``http://`` servers, httpx
+    with HTTP/2 by ALPN for ``https://``), ``"httpx"`` or ``"aiohttp"``. Sync calls always
+    use httpx. See ``EndpointConfig.engine``."""
 
     pooling: bool = True
     """Share one pooled client per endpoint. False makes a fresh client per request (the
