@@ -114,6 +114,7 @@ class Clients:
     session256: aiohttp.ClientSession
     httpx: httpx.AsyncClient
     models: dict[str, dict[tuple[str, int], Any]] = field(default_factory=dict)
+    extra: list[Any] = field(default_factory=list)  # more clients/sessions to close
 
     def model(self, name: str, model: str, tokens: int) -> Any:
         """The LangChain model of contender ``name`` asking ``model`` for ``tokens``."""
@@ -125,6 +126,8 @@ class Clients:
     async def aclose(self) -> None:
         await self.session.close()
         await self.session256.close()
+        for other in self.extra:
+            await (other.close() if isinstance(other, aiohttp.ClientSession) else other.aclose())
         await self.httpx.aclose()
         for per in self.models.values():
             for obj in per.values():
@@ -280,11 +283,12 @@ async def concurrent(
         for _ in queue:
             t0 = time.perf_counter()
             try:
-                chunks += await call()
+                got = await call()  # not ``chunks += await call()``: that reads chunks first
             except Exception:
                 errors += 1
                 continue
             latencies.append(time.perf_counter() - t0)
+            chunks += got
 
     s0 = server.cpu()
     c0, t0 = time.process_time(), time.perf_counter()
@@ -631,6 +635,215 @@ async def profile_async(args: argparse.Namespace) -> None:
     stats.sort_stats("tottime").print_stats(args.profile_top)
 
 
+# --- layers: where ChatFastpipe's client CPU goes -------------------------------------------
+
+
+def layer_calls(clients: Clients, engine: str, *, model: str, tokens: int) -> dict[str, Call]:
+    """The streamed request peeled layer by layer, each layer adding one to the one before.
+
+    ``raw``: the engine itself with ChatFastpipe's pool limits (50 connections, 20 kept)
+    reading raw bytes; ``httpx api``: (aiohttp engine only) httpx over ``httpx_aiohttp``'s
+    transport; ``pool``: ``PooledClient.astream`` (admission, retries, breaker, stats);
+    ``+ parser``: the provider's stream parser building the chunks; ``_astream``: the chat
+    model's own generator (payload, headers, ``_ChunkParser``); ``astream``: LangChain's
+    ``BaseChatModel.astream`` around it (callbacks, ids, metadata, the final merge).
+    """
+    fp: ChatFastpipe = clients.model(FP_AIOHTTP if engine == "aiohttp" else FP_HTTPX, model, tokens)
+    pool = fp.pool
+    adapter = fp.provider_adapter
+    url = f"{clients.base}/v1/chat/completions"
+    path = adapter.chat_path
+    headers = {"Authorization": f"Bearer {KEY}"}
+    body = fp._payload(LC_MESSAGES, None, {}, stream=True)
+    limits = httpx.Limits(max_connections=50, max_keepalive_connections=20)
+    out: dict[str, Call] = {}
+    if engine == "aiohttp":
+        from httpx_aiohttp import AiohttpTransport
+
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=50))
+        clients.extra.append(session)
+
+        async def raw() -> int:
+            async with session.post(url, json=body, headers=headers) as r:
+                async for _ in r.content.iter_any():
+                    pass
+            return tokens
+
+        out["raw aiohttp (limit 50)"] = raw
+
+        def connector() -> aiohttp.ClientSession:
+            return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=50))
+
+        over = httpx.AsyncClient(transport=AiohttpTransport(client=connector))
+        clients.extra.append(over)
+
+        async def httpx_api() -> int:
+            async with over.stream("POST", url, json=body, headers=headers) as r:
+                async for _ in r.aiter_raw():
+                    pass
+            return tokens
+
+        out["+ httpx API (httpx_aiohttp)"] = httpx_api
+    else:
+        client = httpx.AsyncClient(limits=limits)
+        clients.extra.append(client)
+
+        async def raw() -> int:
+            async with client.stream("POST", url, json=body, headers=headers) as r:
+                async for _ in r.aiter_raw():
+                    pass
+            return tokens
+
+        out["raw httpx (limits 50/20)"] = raw
+
+    async def pooled() -> int:
+        async for _ in pool.astream(path, body, headers=headers):
+            pass
+        return tokens
+
+    async def parsed() -> int:
+        parser = adapter.stream_parser(endpoint=pool.endpoint)
+        n = 0
+        async for data in pool.astream(path, body, headers=headers):
+            n += len(parser.feed(data))
+        return n + len(parser.finish())
+
+    async def generator() -> int:
+        n = 0
+        async for _ in fp._astream(list(LC_MESSAGES)):
+            n += 1
+        return n
+
+    async def full() -> int:
+        n = 0
+        async for _ in fp.astream(LC_MESSAGES):
+            n += 1
+        return n
+
+    out["+ PooledClient.astream"] = pooled
+    out["+ stream parser"] = parsed
+    out["+ ChatFastpipe._astream"] = generator
+    out["+ BaseChatModel.astream"] = full
+    return out
+
+
+def invoke_layer_calls(
+    clients: Clients, engine: str, *, model: str, tokens: int
+) -> dict[str, Call]:
+    """A non-streamed request peeled layer by layer (see :func:`layer_calls`)."""
+    fp: ChatFastpipe = clients.model(FP_AIOHTTP if engine == "aiohttp" else FP_HTTPX, model, tokens)
+    pool = fp.pool
+    adapter = fp.provider_adapter
+    url = f"{clients.base}/v1/chat/completions"
+    headers = {"Authorization": f"Bearer {KEY}"}
+    body = fp._payload(LC_MESSAGES, None, {}, stream=False)
+    out: dict[str, Call] = {}
+    if engine == "aiohttp":
+        session = clients.session
+
+        async def raw() -> int:
+            async with session.post(url, json=body, headers=headers) as r:
+                return len(await r.json())
+
+        out["raw aiohttp"] = raw
+    else:
+        client = clients.httpx
+
+        async def raw() -> int:
+            r = await client.post(url, json=body, headers=headers)
+            return len(r.json())
+
+        out["raw httpx"] = raw
+
+    async def pooled() -> int:
+        data, _ = await pool.apost_json(adapter.chat_path, body, headers=headers)
+        return len(data)
+
+    async def parsed() -> int:
+        data, _ = await pool.apost_json(adapter.chat_path, body, headers=headers)
+        return len(adapter.parse_response(data, endpoint=pool.endpoint).generations)
+
+    async def generate() -> int:
+        result = await fp._agenerate(list(LC_MESSAGES))
+        return len(result.generations)
+
+    async def full() -> int:
+        return 1 if (await fp.ainvoke(LC_MESSAGES)).content else 0
+
+    out["+ PooledClient.apost_json"] = pooled
+    out["+ parse_response"] = parsed
+    out["+ ChatFastpipe._agenerate"] = generate
+    out["+ BaseChatModel.ainvoke"] = full
+    return out
+
+
+async def layers_async(args: argparse.Namespace) -> None:
+    print(f"machine: {machine()}; load average before: {os.getloadavg()[0]:.2f}")
+    rounds = 3 if args.quick else 5
+    with fast_server(delay_ms=5.0, tokens=TOKENS) as server:
+        clients = await open_clients(server.base)
+        try:
+            for engine in ("httpx", "aiohttp"):
+                conc = layer_calls(clients, engine, model=MODEL, tokens=TOKENS)
+                short = layer_calls(clients, engine, model=BURST_MODEL, tokens=TOKENS)
+                long = layer_calls(clients, engine, model=BURST_MODEL, tokens=LONG)
+                for call in conc.values():
+                    await concurrent(call, server, concurrency=64, total=128)
+                cpu: dict[str, list[float]] = {n: [] for n in conc}
+                for _ in range(rounds):
+                    for name in random.sample(list(conc), len(conc)):
+                        gc.collect()
+                        r = await concurrent(
+                            conc[name], server, concurrency=CONCURRENCY, total=CONCURRENCY * 2
+                        )
+                        cpu[name].append(r["cpu_ms"])
+                seq = await sequential(
+                    {**{f"{n}|s": c for n, c in short.items()},
+                     **{f"{n}|l": c for n, c in long.items()}},
+                    rounds=rounds * 2, per_round=6,
+                )  # fmt: skip
+                rows = []
+                prev_req = prev_chunk = 0.0
+                for name in conc:
+                    per_req = median(cpu[name])
+                    s_, l_ = seq[f"{name}|s"]["cpu"], seq[f"{name}|l"]["cpu"]
+                    chunk = median([(b - a) / (LONG - TOKENS) for a, b in zip(s_, l_, strict=True)])
+                    one = median(s_)
+                    rows.append([name, per_req, per_req - prev_req, one * 1000,
+                                 chunk * 1e6, (chunk - prev_chunk) * 1e6])  # fmt: skip
+                    prev_req, prev_chunk = per_req, chunk
+                print(
+                    table(
+                        f'engine="{engine}": client CPU by layer (each row adds one layer)',
+                        [
+                            "layer",
+                            f"ms/req at {CONCURRENCY} streams",
+                            "added ms/req",
+                            f"ms per {TOKENS}-token call, sequential",
+                            "us/chunk",
+                            "added us/chunk",
+                        ],
+                        rows,
+                    ),
+                    flush=True,
+                )
+                inv = invoke_layer_calls(clients, engine, model=MODEL, tokens=TOKENS)
+                res = await sequential(inv, rounds=rounds * 2, per_round=20)
+                rows = []
+                prev_wall = prev_cpu = 0.0
+                for name in inv:
+                    wall, cpu_ = median(res[name]["wall"]), median(res[name]["cpu"])
+                    rows.append([name, wall * 1000, (wall - prev_wall) * 1000, cpu_ * 1000,
+                                 (cpu_ - prev_cpu) * 1000])  # fmt: skip
+                    prev_wall, prev_cpu = wall, cpu_
+                header = ["layer", "latency ms", "added ms", "client CPU ms", "added CPU ms"]
+                title = f'engine="{engine}": ainvoke, sequential, by layer'
+                print(table(title, header, rows), flush=True)
+        finally:
+            await clients.aclose()
+    print(f"\nload average after: {os.getloadavg()[0]:.2f} (2 cores shared: figures are noisy)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (smoke run)")
@@ -638,8 +851,16 @@ def main() -> None:
     parser.add_argument("--profile-out", help="where to write the .prof file")
     parser.add_argument("--profile-batches", type=int, default=4, help="work under profile")
     parser.add_argument("--profile-top", type=int, default=40)
+    parser.add_argument(
+        "--layers", action="store_true", help="client CPU of ChatFastpipe layer by layer"
+    )
     args = parser.parse_args()
-    asyncio.run(profile_async(args) if args.profile else main_async(args))
+    if args.profile:
+        asyncio.run(profile_async(args))
+    elif args.layers:
+        asyncio.run(layers_async(args))
+    else:
+        asyncio.run(main_async(args))
 
 
 if __name__ == "__main__":
