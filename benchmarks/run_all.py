@@ -24,6 +24,10 @@ BENCHMARKS: list[tuple[str, list[str]]] = [
         [str(HERE / "bench_transport.py")],
     ),
     (
+        "fast server: client overhead vs raw aiohttp, raw httpx, ChatOpenAI (uvicorn+httptools)",
+        [str(HERE / "bench_fastserver.py")],
+    ),
+    (
         "streaming: StreamingChunk overhead and time to first chunk",
         [str(HERE / "bench_streaming.py")],
     ),

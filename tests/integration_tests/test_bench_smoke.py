@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,3 +71,53 @@ def test_fastpipe_bench_json_to_stdout(capsys: pytest.CaptureFixture[str]) -> No
     assert captured.err == ""
     assert data["options"]["queries"] == 1
     assert len(data["backends"]["emulator"]["configs"]) == len(CONFIGS)
+
+
+def _load_fast_server() -> Any:
+    """``benchmarks/_fast_server.py`` (the benchmarks folder is not a package)."""
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "_fast_server.py"
+    spec = importlib.util.spec_from_file_location("_fast_server", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("_fast_server", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+async def test_fast_server_answers_chatfastpipe_exactly() -> None:
+    """The fast benchmark server (uvicorn + httptools, own process) speaks both wire formats.
+
+    The full ``bench_fastserver.py --quick`` takes about a minute, too long here; this keeps
+    its server honest: exact text, usage, both providers, streamed and not, both engines.
+    """
+    from langchain_core.messages import AIMessageChunk
+
+    from langchain_fastpipe import ChatFastpipe, aclose_pools
+
+    fast = _load_fast_server()
+    n = 7
+    text = "".join(fast._token(i) for i in range(n))
+    with fast.fast_server(delay_ms=1.0, tokens=n) as server:
+        assert (server.loop == "uvloop") == (importlib.util.find_spec("uvloop") is not None)
+        cpu = server.cpu()
+        assert cpu >= 0.0
+        try:
+            for provider, base in (("openai", f"{server.base}/v1"), ("ollama", server.base)):
+                for engine in ("auto", "httpx", "aiohttp"):
+                    model = ChatFastpipe(
+                        model="bench@0ms", provider=provider, base_url=base, api_key="k",
+                        max_tokens=n, engine=engine,
+                    )  # fmt: skip
+                    reply = await model.ainvoke("hi")
+                    assert reply.content == text, (provider, engine)
+                    merged: AIMessageChunk | None = None
+                    async for chunk in model.astream("hi"):
+                        merged = chunk if merged is None else merged + chunk
+                    assert merged is not None
+                    assert merged.content == text, (provider, engine)
+                    assert merged.usage_metadata is not None
+                    assert merged.usage_metadata["output_tokens"] == n, (provider, engine)
+        finally:
+            await aclose_pools()
+        assert server.cpu() >= cpu
