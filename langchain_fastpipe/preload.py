@@ -10,6 +10,16 @@ and making the server load the model, so the first real query pays neither:
 * a managed :class:`~langchain_fastpipe.local.LocalModelServer`: starting it;
 * anything else with an ``async def awarm()``: calling it.
 
+A chat model may also be registered with the application's prompt
+(``register(llm, prompt=FEW_SHOT_PROMPT)``, a list of messages, or a chain such as
+``prompt | llm``): its warm-up then sends that prompt, rendered with empty inputs, as a
+1-token request, so a server with a prompt cache (llama.cpp's ``cache_prompt``, on by
+default; Ollama; vLLM's prefix caching) already holds the prompt's fixed prefix when
+the first real query comes and only processes the question. llama-server sends a
+request to the slot whose cached prompt shares the most with it (``--slot-prompt-similarity``),
+so the first query finds the warmed slot whatever ``--parallel`` is; register one prompt
+per slot at most (each warm-up prompt takes the least recently used slot).
+
 A failed warm-up never breaks the application: :meth:`ModelPreloader.preload` reports
 it in a :class:`PreloadResult` and the model still works (it just pays the cold start).
 
@@ -28,6 +38,7 @@ import asyncio
 import contextlib
 import enum
 import functools
+import itertools
 import logging
 import os
 import re
@@ -45,6 +56,19 @@ from collections.abc import (
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import BaseMessage, convert_to_messages
+from langchain_core.prompts import BasePromptTemplate, ChatPromptTemplate, MessagesPlaceholder
+from langchain_core.runnables import (
+    Runnable,
+    RunnableBinding,
+    RunnableConfig,
+    RunnableParallel,
+    RunnableSequence,
+    RunnableWithFallbacks,
+)
+from langchain_core.runnables.passthrough import RunnableAssign
+
 from langchain_fastpipe.chat_models import ChatFastpipe, set_preload_hook
 from langchain_fastpipe.errors import PreloadError
 from langchain_fastpipe.stats import Histogram, registry
@@ -55,6 +79,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PRELOAD_ENV",
+    "WARMUP_RUN_NAME",
     "ModelPreloader",
     "PreloadResult",
     "PreloadSpec",
@@ -62,6 +87,7 @@ __all__ = [
     "Warmable",
     "default_preloader",
     "fastpipe_lifespan",
+    "find_prompts",
     "parse_duration",
     "parse_preload_env",
     "preload",
@@ -70,6 +96,7 @@ __all__ = [
     "register",
     "register_and_schedule",
     "register_from_env",
+    "warmup_messages",
 ]
 
 logger = logging.getLogger(__name__)
@@ -83,6 +110,10 @@ WarmFn = Callable[[Callable[[str], None]], Awaitable[None]]
 SyncWarmFn = Callable[[Callable[[str], None]], None]
 SleepFn = Callable[[float], Awaitable[None]]
 T = TypeVar("T")
+
+#: The run name (and tag) of the 1-token requests that carry a registered prompt.
+WARMUP_RUN_NAME = "fastpipe_warmup"
+_WARMUP_CONFIG: RunnableConfig = {"run_name": WARMUP_RUN_NAME, "tags": [WARMUP_RUN_NAME]}
 
 
 @runtime_checkable
@@ -246,11 +277,197 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+# --------------------------------------------------------------------------- prompts
+def _chat_model_of(step: object) -> BaseChatModel | None:
+    """The chat model a chain step runs first, or None when it runs none.
+
+    The model itself, bound or configured (``bind``, ``with_config``, ``bind_tools``),
+    or the head of a sequence such as the one ``with_structured_output`` returns.
+    """
+    while True:
+        if isinstance(step, BaseChatModel):
+            return step
+        if isinstance(step, RunnableBinding):
+            step = step.bound
+        elif isinstance(step, RunnableSequence):
+            step = step.first
+        else:
+            return None
+
+
+def _children(node: object) -> list[object]:
+    """The runnables nested in ``node`` that :func:`find_prompts` looks into."""
+    if isinstance(node, RunnableSequence):
+        return list(node.steps)
+    if isinstance(node, RunnableParallel):
+        return list(node.steps__.values())
+    if isinstance(node, RunnableAssign):
+        return [node.mapper]
+    if isinstance(node, RunnableBinding):
+        return [node.bound]
+    if isinstance(node, RunnableWithFallbacks):
+        return [node.runnable, *node.fallbacks]
+    # RankedFallbacks (its strategies' runnables) and AnswerPipeline (its ranked step).
+    found: list[object] = []
+    ranked = getattr(node, "ranked", None)
+    if isinstance(ranked, Runnable):
+        found.append(ranked)
+    strategies = getattr(node, "strategies", None)
+    if isinstance(strategies, (list, tuple)):
+        found.extend(getattr(s, "runnable", None) for s in strategies)
+    return [child for child in found if isinstance(child, Runnable)]
+
+
+def find_prompts(
+    chain: Runnable[Any, Any], model: BaseChatModel | None = None
+) -> list[tuple[BasePromptTemplate[Any], BaseChatModel]]:
+    """The prompt templates of ``chain`` that feed a chat model directly (pure).
+
+    Looks into sequences, parallel and assign steps, bindings, ``with_fallbacks``,
+    :class:`~langchain_fastpipe.pipeline.RankedFallbacks` and
+    :class:`~langchain_fastpipe.pipeline.AnswerPipeline`. A template counts when the
+    step right after it is a chat model (also bound, configured or with structured output).
+
+    Args:
+        chain: The application's chain, e.g. ``prompt | llm | StrOutputParser()``.
+        model: Keep only the templates feeding this model (by identity); None: any.
+
+    Returns:
+        ``(template, model)`` pairs in the order found, each template once per model.
+    """
+    pairs: list[tuple[BasePromptTemplate[Any], BaseChatModel]] = []
+    seen: set[tuple[int, int]] = set()
+    visited: set[int] = set()
+    stack: list[object] = [chain]
+    while stack:  # depth first, in the order the chain is written
+        node = stack.pop()
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        if isinstance(node, RunnableSequence):
+            steps = node.steps
+            for step, after in itertools.pairwise(steps):
+                target = _chat_model_of(after)
+                if not isinstance(step, BasePromptTemplate) or target is None:
+                    continue
+                if model is not None and target is not model:
+                    continue
+                if (id(step), id(target)) not in seen:
+                    seen.add((id(step), id(target)))
+                    pairs.append((step, target))
+        stack.extend(reversed(_children(node)))
+    return pairs
+
+
+#: What a warm-up can carry: a prompt template, a list of messages, or a chain.
+PromptLike = BasePromptTemplate[Any] | Sequence[Any] | Runnable[Any, Any]
+
+
+def _placeholder_names(template: BasePromptTemplate[Any]) -> set[str]:
+    """The variables of ``template`` that take a list of messages."""
+    if not isinstance(template, ChatPromptTemplate):
+        return set()
+    return {m.variable_name for m in template.messages if isinstance(m, MessagesPlaceholder)}
+
+
+def _render(template: BasePromptTemplate[Any], inputs: Mapping[str, Any]) -> list[BaseMessage]:
+    """``template`` formatted with ``inputs``; a missing variable is empty ("" or [])."""
+    lists = _placeholder_names(template)
+    values = {
+        name: inputs.get(name, [] if name in lists else "") for name in template.input_variables
+    }
+    return template.format_prompt(**values).to_messages()
+
+
+def warmup_messages(
+    prompt: PromptLike,
+    *,
+    model: BaseChatModel | None = None,
+    inputs: Mapping[str, Any] | None = None,
+) -> list[list[BaseMessage]]:
+    """The message lists a warm-up sends for ``prompt`` (pure).
+
+    Each list is what the application will send, up to its inputs: templates are
+    rendered with ``inputs`` and every other variable empty (``""``, or no messages for
+    a ``MessagesPlaceholder``), so the rendered text shares with every real request the
+    prefix before the first variable, which is what a server's prompt cache can reuse.
+
+    Args:
+        prompt: A prompt template; a list of messages (anything
+            ``convert_to_messages`` takes); a chain (see :func:`find_prompts`); or a
+            list or tuple of several prompts, holding at least one template or chain
+            (its other items are then message lists).
+        model: For chains: only the templates feeding this model.
+        inputs: Values for some of the templates' variables (e.g. a typical question).
+
+    Returns:
+        One message list per prompt, in order.
+
+    Raises:
+        PreloadError: A chain has no template feeding ``model``, the messages cannot be
+            converted, or a template cannot be rendered.
+    """
+    values = dict(inputs or {})
+    if isinstance(prompt, (list, tuple)) and any(isinstance(p, Runnable) for p in prompt):
+        return [m for p in prompt for m in warmup_messages(p, model=model, inputs=values)]
+    try:
+        if isinstance(prompt, BasePromptTemplate):
+            return [_render(prompt, values)]
+        if isinstance(prompt, Runnable):
+            pairs = find_prompts(prompt, model)
+            if not pairs:
+                whose = f"the model {_default_name(model)}" if model is not None else "a chat model"
+                raise PreloadError(
+                    f"register: no prompt template in {type(prompt).__name__} feeds {whose}; "
+                    "pass the template itself or a chain such as prompt | llm"
+                )
+            return [_render(template, values) for template, _ in pairs]
+        if isinstance(prompt, str):
+            return [convert_to_messages([prompt])]
+        return [convert_to_messages(prompt)]
+    except PreloadError:
+        raise
+    except Exception as exc:  # KeyError, ValueError, NotImplementedError of langchain-core
+        raise PreloadError(f"register: cannot render the warm-up prompt: {_describe(exc)}") from exc
+
+
+def _model_of_chain(
+    chain: Runnable[Any, Any], inputs: Mapping[str, Any] | None
+) -> tuple[ChatFastpipe, list[list[BaseMessage]]]:
+    """The one ChatFastpipe a chain's prompts feed, and those prompts rendered.
+
+    Raises:
+        PreloadError: No ChatFastpipe, or several, is fed by a template of ``chain``.
+    """
+    pairs = find_prompts(chain)
+    chats: list[ChatFastpipe] = []
+    for _, target in pairs:
+        if isinstance(target, ChatFastpipe) and all(target is not c for c in chats):
+            chats.append(target)
+    if len(chats) != 1:
+        found = "no ChatFastpipe" if not chats else f"{len(chats)} ChatFastpipe models"
+        raise PreloadError(
+            f"register: cannot warm a {type(chain).__name__}: its prompt templates feed "
+            f"{found}; register each model with prompt=chain instead"
+        )
+    (chat,) = chats
+    values = dict(inputs or {})
+    return chat, [_render(template, values) for template, target in pairs if target is chat]
+
+
 # --------------------------------------------------------------------------- warmers
-def _chat_warmer(model: ChatFastpipe | Callable[[], ChatFastpipe], *, load_model: bool) -> WarmFn:
+def _chat_warmer(
+    model: ChatFastpipe | Callable[[], ChatFastpipe],
+    *,
+    load_model: bool,
+    prompts: Sequence[list[BaseMessage]] = (),
+) -> WarmFn:
     """The async warm-up of a ChatFastpipe: its pool's connections, then the model load.
 
-    ``model`` may be a factory, called at the first warm-up (env specs, configs).
+    ``model`` may be a factory, called at the first warm-up (env specs, configs). With
+    ``prompts`` the model is loaded by sending each of them as a 1-token request (with
+    the model's own settings, so the server sees the application's prompt), one after
+    the other: steps ``model_load`` after the first, ``prompt_prefix`` after the last.
     """
 
     async def warm(done: Callable[[str], None]) -> None:
@@ -259,15 +476,26 @@ def _chat_warmer(model: ChatFastpipe | Callable[[], ChatFastpipe], *, load_model
         if pool.config.pooling:  # without pooling there is nothing to keep open
             await pool.awarm()
             done("connections")
-        if load_model:
+        if not load_model:
+            return
+        if not prompts:
             await chat.awarmup()
             done("model_load")
+            return
+        for index, messages in enumerate(prompts):
+            await chat.ainvoke(messages, config=_WARMUP_CONFIG, max_tokens=1)
+            if index == 0:
+                done("model_load")
+        done("prompt_prefix")
 
     return warm
 
 
 def _chat_warmer_sync(
-    model: ChatFastpipe | Callable[[], ChatFastpipe], *, load_model: bool
+    model: ChatFastpipe | Callable[[], ChatFastpipe],
+    *,
+    load_model: bool,
+    prompts: Sequence[list[BaseMessage]] = (),
 ) -> SyncWarmFn:
     """The blocking warm-up of a ChatFastpipe: warms its sync client (for sync calls)."""
 
@@ -277,9 +505,17 @@ def _chat_warmer_sync(
         if pool.config.pooling:
             pool.warm()
             done("connections")
-        if load_model:
+        if not load_model:
+            return
+        if not prompts:
             chat.warmup()
             done("model_load")
+            return
+        for index, messages in enumerate(prompts):
+            chat.invoke(messages, config=_WARMUP_CONFIG, max_tokens=1)
+            if index == 0:
+                done("model_load")
+        done("prompt_prefix")
 
     return warm
 
@@ -508,13 +744,16 @@ class ModelPreloader:
         timeout: float = 60.0,
         name: str | None = None,
         refresh_every: float | None = None,
+        prompt: PromptLike | None = None,
+        prompt_inputs: Mapping[str, Any] | None = None,
     ) -> str:
         """Register a model to warm (replacing any entry of the same name).
 
         Args:
             model: A ``ChatFastpipe``, a ``LocalModelServer``, a :class:`PreloadSpec`,
-                an object with ``async awarm()``, or an async callable taking a
-                ``done(step)`` callback.
+                an object with ``async awarm()``, an async callable taking a
+                ``done(step)`` callback, or a chain with exactly one ChatFastpipe fed by a
+                prompt template (``prompt | llm``: that model, warmed with that prompt).
             warmup: For chat models: also load the model (Ollama ``/api/generate``,
                 1-token request); False only opens the pooled connections.
             timeout: Seconds the warm-up may take before it is reported ``timed_out``.
@@ -522,28 +761,51 @@ class ModelPreloader:
                 ``local:<alias>`` for a local server).
             refresh_every: Re-warm every this many seconds while :meth:`start_refresh`
                 runs (see :func:`refresh_interval_for`); None: never.
+            prompt: For chat models: the application's prompt, which the warm-up sends
+                (rendered with empty inputs, 1 token) instead of the generic load
+                request, so the server's prompt cache holds its prefix before the first
+                query. A ``ChatPromptTemplate``, a list of messages, a chain
+                (``prompt | llm``, an ``AnswerPipeline``: the templates feeding this
+                model), or a list of templates and chains; see :func:`warmup_messages`.
+            prompt_inputs: Values for some of the prompt's variables (default: empty).
 
         Returns:
             The name it was registered under.
 
         Raises:
-            PreloadError: The model is of no kind the preloader can warm, or the
-                timeout or refresh interval is not positive.
+            PreloadError: The model is of no kind the preloader can warm, the timeout
+                or refresh interval is not positive, a prompt is given for something
+                other than a chat model (or with ``warmup=False``), or the prompt cannot
+                be rendered.
         """
         if timeout <= 0:
             raise PreloadError(f"register: timeout must be > 0 seconds, got {timeout}")
         if refresh_every is not None and refresh_every <= 0:
             raise PreloadError(f"register: refresh_every must be > 0 seconds, got {refresh_every}")
+        chain_prompts: list[list[BaseMessage]] = []
+        if isinstance(model, Runnable) and not isinstance(model, ChatFastpipe):
+            model, chain_prompts = _model_of_chain(model, prompt_inputs)
+        prompts = chain_prompts
+        if prompt is not None:
+            if not isinstance(model, (ChatFastpipe, PreloadSpec)):
+                raise PreloadError(
+                    f"register: a prompt can only be carried by a chat model's warm-up, "
+                    f"not a {type(model).__name__}'s"
+                )
+            chat = model if isinstance(model, ChatFastpipe) else None
+            prompts = chain_prompts + warmup_messages(prompt, model=chat, inputs=prompt_inputs)
+        if prompts and not warmup:
+            raise PreloadError("register: a prompt needs warmup=True (it is sent to the model)")
         warm: WarmFn
         warm_sync: SyncWarmFn | None = None
         if isinstance(model, PreloadSpec):
             lazy = _LazyChat(functools.partial(_spec_chat, model))
-            warm = _chat_warmer(lazy, load_model=warmup)
-            warm_sync = _chat_warmer_sync(lazy, load_model=warmup)
+            warm = _chat_warmer(lazy, load_model=warmup, prompts=prompts)
+            warm_sync = _chat_warmer_sync(lazy, load_model=warmup, prompts=prompts)
             default = model.name
         elif isinstance(model, ChatFastpipe):
-            warm = _chat_warmer(model, load_model=warmup)
-            warm_sync = _chat_warmer_sync(model, load_model=warmup)
+            warm = _chat_warmer(model, load_model=warmup, prompts=prompts)
+            warm_sync = _chat_warmer_sync(model, load_model=warmup, prompts=prompts)
             default = _default_name(model)
         elif isinstance(model, Warmable):
             warm = _awarm_warmer(model)
@@ -554,8 +816,8 @@ class ModelPreloader:
         else:
             raise PreloadError(
                 f"register: cannot warm a {type(model).__name__}: expected ChatFastpipe, "
-                "LocalModelServer, PreloadSpec, an object with async awarm() or an async "
-                "callable"
+                "LocalModelServer, PreloadSpec, a prompt | ChatFastpipe chain, an object "
+                "with async awarm() or an async callable"
             )
         key = name or default
         with self._lock:

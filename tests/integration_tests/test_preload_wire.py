@@ -10,14 +10,18 @@ import asyncio
 import time
 from collections.abc import Callable
 
+from langchain_core.output_parsers import StrOutputParser
+
 from langchain_fastpipe.chat_models import ChatFastpipe
 from langchain_fastpipe.emulator import EmulatorConfig, EmulatorServer, Fault, ModelProfile
+from langchain_fastpipe.pipeline import AnswerPipeline
 from langchain_fastpipe.preload import (
     ModelPreloader,
     PreloadSpec,
     PreloadStatus,
     default_preloader,
 )
+from langchain_fastpipe.prompts import FEW_SHOT_PROMPT
 
 MakeEmulator = Callable[..., EmulatorServer]
 LOAD = 3.0
@@ -264,3 +268,97 @@ async def test_from_config_warms_the_configured_models(make_emulator: MakeEmulat
     assert reply.content
     assert emu.load_counts == {"a": 1, "b": 1}  # the configured model was already loaded
     await pre.aclose()
+
+
+# --------------------------------------------------------------------------- prompt warm-ups
+def _rendered(question: str) -> list[dict[str, str]]:
+    """FEW_SHOT_PROMPT's messages as the OpenAI wire format carries them."""
+    return [
+        {"role": "system", "content": "Answer with a few words only."},
+        {"role": "user", "content": "What is the capital of Italy?"},
+        {"role": "assistant", "content": "Rome"},
+        {"role": "user", "content": "What colour is the sky on a clear day?"},
+        {"role": "assistant", "content": "Blue"},
+        {"role": "user", "content": question},
+    ]
+
+
+async def test_openai_warmup_carries_the_rendered_prompt_prefix(
+    make_emulator: MakeEmulator,
+) -> None:
+    emu = make_emulator(_slow("gpt-slow", load=0.2))
+    llm = _openai(emu, "gpt-slow", temperature=0, stop=["\n"])
+    pre = ModelPreloader()
+    pre.register(llm, prompt=FEW_SHOT_PROMPT)
+    (result,) = await pre.preload()
+    assert result.ok, result.error
+    assert result.steps == ("connections", "model_load", "prompt_prefix")
+    (warm,) = emu.bodies("/v1/chat/completions")  # the prompt replaced the generic "hi"
+    assert warm["messages"] == _rendered("")
+    assert warm["max_tokens"] == 1
+    assert emu.load_counts == {"gpt-slow": 1}
+
+    await (FEW_SHOT_PROMPT | llm).ainvoke({"question": "What is the capital of France?"})
+    _, real = emu.bodies("/v1/chat/completions")
+    assert real["messages"] == _rendered("What is the capital of France?")
+    assert emu.load_counts == {"gpt-slow": 1}
+    # Same request but the question and the token limit: the server sees the same prefix.
+    drop = ("messages", "max_tokens", "max_completion_tokens")
+    assert {k: v for k, v in warm.items() if k not in drop} == {
+        k: v for k, v in real.items() if k not in drop
+    }
+    assert real["messages"][:-1] == warm["messages"][:-1]
+
+
+def test_sync_warmup_carries_the_prompt_given_as_a_chain(make_emulator: MakeEmulator) -> None:
+    emu = make_emulator()
+    llm = _openai(emu, "m")
+    pre = ModelPreloader()
+    name = pre.register(FEW_SHOT_PROMPT | llm.bind(stop=["\n"]) | StrOutputParser())
+    assert name == f"openai:m@{emu.base_url}/v1"
+    (result,) = pre.preload_sync()
+    assert result.ok, result.error
+    assert result.steps == ("connections", "model_load", "prompt_prefix")
+    (warm,) = emu.bodies("/v1/chat/completions")
+    assert warm["messages"] == _rendered("")
+
+
+async def test_every_prompt_of_a_pipeline_feeding_the_model_is_sent(
+    make_emulator: MakeEmulator,
+) -> None:
+    emu = make_emulator()
+    extraction, formatting = _openai(emu, "extract"), _openai(emu, "format")
+    pipeline = AnswerPipeline(extraction_model=extraction, formatting_model=formatting)
+    pre = ModelPreloader()
+    pre.register(formatting, prompt=pipeline, prompt_inputs={"context": "none"})
+    (result,) = await pre.preload()
+    assert result.ok, result.error
+    bodies = emu.bodies("/v1/chat/completions")
+    assert {b["model"] for b in bodies} == {"format"}
+    # The formatting prompt and the direct prompt, each rendered once.
+    systems = sorted(b["messages"][0]["content"] for b in bodies)
+    assert systems == [
+        "Answer the question clearly and completely, using the context if given.",
+        "Write a clear, complete answer to the question from the draft and facts.",
+    ]
+    direct = next(b for b in bodies if b["messages"][0]["content"].startswith("Answer"))
+    assert direct["messages"][1]["content"] == "Context:\nnone\n\nQuestion: "
+
+
+async def test_ollama_prompt_warmup_uses_the_real_requests_options(
+    make_emulator: MakeEmulator,
+) -> None:
+    emu = make_emulator()
+    llm = _ollama(emu, "m")
+    pre = ModelPreloader()
+    pre.register(llm, prompt=[("system", "Be brief."), ("human", "Hi")])
+    (result,) = await pre.preload()
+    assert result.ok, result.error
+    assert emu.bodies("/api/generate") == []  # the prompt request loads the model
+    await llm.ainvoke([("system", "Be brief."), ("human", "Hi")])
+    warm, real = emu.bodies("/api/chat")
+    assert warm["messages"] == real["messages"]
+    assert warm["options"].pop("num_predict") == 1
+    assert real["options"].pop("num_predict") == 8
+    assert warm["options"] == real["options"]
+    assert warm["keep_alive"] == real["keep_alive"] == "10m"

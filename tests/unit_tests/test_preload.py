@@ -9,21 +9,27 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
+from langchain_core.runnables import RunnableLambda, RunnableParallel
 
 from langchain_fastpipe.chat_models import ChatFastpipe
 from langchain_fastpipe.config import FastpipeConfig
 from langchain_fastpipe.errors import PreloadError
 from langchain_fastpipe.local import LocalModelServer
 from langchain_fastpipe.preload import (
+    WARMUP_RUN_NAME,
     ModelPreloader,
     PreloadSpec,
     PreloadStatus,
     fastpipe_lifespan,
+    find_prompts,
     parse_duration,
     parse_preload_env,
     refresh_interval_for,
     register_and_schedule,
     register_from_env,
+    warmup_messages,
 )
 from langchain_fastpipe.stats import get_stats
 from langchain_fastpipe.transport import ResponseInfo
@@ -650,3 +656,107 @@ def test_from_config_falls_back_to_the_backend_model_and_honours_the_flag() -> N
         preload={"models": ["a", "b"]},
     )
     assert ModelPreloader.from_config(off).names() == []
+
+
+# --------------------------------------------------------------------------- prompt warm-ups
+PROMPT = ChatPromptTemplate.from_messages(
+    [
+        ("system", "Answer briefly."),
+        MessagesPlaceholder("history", optional=True),
+        ("human", "Context: {context}\nQuestion: {question}"),
+    ]
+)
+
+
+def test_warmup_messages_render_the_template_with_empty_inputs() -> None:
+    (messages,) = warmup_messages(PROMPT)
+    assert [(m.type, m.content) for m in messages] == [
+        ("system", "Answer briefly."),
+        ("human", "Context: \nQuestion: "),
+    ]
+    (given,) = warmup_messages(PROMPT, inputs={"context": "none", "unused": 1})
+    assert given[-1].content == "Context: none\nQuestion: "
+    required = ChatPromptTemplate.from_messages([MessagesPlaceholder("chat"), ("human", "{q}")])
+    (rendered,) = warmup_messages(required)
+    assert [m.content for m in rendered] == [""]
+
+
+def test_warmup_messages_of_messages_and_of_several_prompts() -> None:
+    (messages,) = warmup_messages([("system", "S"), ("human", "H")])
+    assert [(m.type, m.content) for m in messages] == [("system", "S"), ("human", "H")]
+    assert [m.content for m in warmup_messages("just text")[0]] == ["just text"]
+    two = warmup_messages([PROMPT, ChatPromptTemplate.from_messages([("human", "x{y}")])])
+    assert [m[-1].content for m in two] == ["Context: \nQuestion: ", "x"]
+
+
+def test_find_prompts_keeps_the_templates_feeding_the_model() -> None:
+    llm, other = _chat(), _chat(temperature=0.5)
+
+    def found(chain: Any, model: Any = None) -> list[tuple[str, str]]:
+        names = {id(PROMPT): "PROMPT", id(other_prompt): "other_prompt"}
+        return [
+            (names[id(p)], "llm" if m is llm else "other") for p, m in find_prompts(chain, model)
+        ]
+
+    other_prompt = ChatPromptTemplate.from_messages([("human", "other {q}")])
+    chain = RunnableParallel(
+        a=PROMPT | llm.bind(stop=["\n"]) | StrOutputParser(),
+        b=other_prompt | other,
+        c=PROMPT | llm.with_config(run_name="again"),  # the same template: found once
+    ).with_fallbacks([other_prompt | llm])
+    assert found(chain, llm) == [("PROMPT", "llm"), ("other_prompt", "llm")]
+    assert found(chain, other) == [("other_prompt", "other")]
+    assert found(chain) == [("PROMPT", "llm"), ("other_prompt", "other"), ("other_prompt", "llm")]
+    structured = PROMPT | llm.with_structured_output({"title": "T", "type": "object"})
+    assert found(structured, llm) == [("PROMPT", "llm")]
+    assert found(RunnableLambda(lambda x: x) | llm, llm) == []
+
+
+def test_register_rejects_prompts_it_cannot_send() -> None:
+    pre = ModelPreloader()
+    llm, other = _chat(), _chat()
+    with pytest.raises(PreloadError, match="no prompt template in RunnableSequence feeds"):
+        pre.register(llm, prompt=PROMPT | other)
+    with pytest.raises(PreloadError, match="only be carried by a chat model's warm-up"):
+        pre.register(LocalModelServer(), prompt=PROMPT)
+    with pytest.raises(PreloadError, match="needs warmup=True"):
+        pre.register(llm, prompt=PROMPT, warmup=False)
+    with pytest.raises(PreloadError, match="feed 2 ChatFastpipe models"):
+        pre.register(RunnableParallel(a=PROMPT | llm, b=PROMPT | other))
+    with pytest.raises(PreloadError, match="cannot render the warm-up prompt"):
+        pre.register(llm, prompt=[("nobody", "x")])
+    assert pre.names() == []
+
+
+async def test_chat_warmup_with_a_prompt_sends_it_instead_of_the_generic_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sent: list[tuple[str, list[str], dict[str, Any]]] = []
+
+    async def ainvoke(self: ChatFastpipe, messages: Any, config: Any = None, **kw: Any) -> Any:
+        sent.append(("async", [m.content for m in messages], {**kw, **config}))
+
+    def invoke(self: ChatFastpipe, messages: Any, config: Any = None, **kw: Any) -> Any:
+        sent.append(("sync", [m.content for m in messages], {**kw, **config}))
+
+    async def awarmup(self: ChatFastpipe) -> ResponseInfo:
+        raise AssertionError("the generic warm-up must not be sent with a prompt")
+
+    monkeypatch.setattr(ChatFastpipe, "ainvoke", ainvoke)
+    monkeypatch.setattr(ChatFastpipe, "invoke", invoke)
+    monkeypatch.setattr(ChatFastpipe, "awarmup", awarmup)
+    monkeypatch.setattr(ChatFastpipe, "warmup", awarmup)
+    pre = ModelPreloader()
+    pre.register(_chat(), prompt=[PROMPT, [("human", "Hi")]], prompt_inputs={"question": "Q?"})
+    (result,) = await pre.preload()
+    assert (result.ok, result.steps) == (True, ("model_load", "prompt_prefix"))
+    (result,) = pre.preload_sync()
+    assert result.ok, result.error
+    options = {"max_tokens": 1, "run_name": WARMUP_RUN_NAME, "tags": [WARMUP_RUN_NAME]}
+    first = ["Answer briefly.", "Context: \nQuestion: Q?"]
+    assert sent == [
+        ("async", first, options),
+        ("async", ["Hi"], options),
+        ("sync", first, options),
+        ("sync", ["Hi"], options),
+    ]
