@@ -17,11 +17,11 @@ from langchain_fastpipe.stats import get_stats
 from langchain_fastpipe.streaming import (
     StreamStatsCollector,
     TimeToFirstTokenHandler,
-    aiter_chunks,
+    acollect,
     astream_chunks,
-    astream_to_buffer,
+    collect,
     guard_stream,
-    stream_to_buffer,
+    stream_chunks,
 )
 from langchain_fastpipe.transport import EndpointConfig, PoolLimits, get_pool
 
@@ -126,7 +126,7 @@ async def test_transport_chunks_have_stats(make_emulator: Callable[..., Emulator
     collector = StreamStatsCollector()
     chunks = [
         c
-        async for c in aiter_chunks(
+        async for c in astream_chunks(
             pool.astream("/chat/completions", PAYLOAD), model="raw", collector=collector
         )
     ]
@@ -142,7 +142,7 @@ async def test_transport_chunks_have_stats(make_emulator: Callable[..., Emulator
 async def test_chunk_texts_concatenate_to_server_text(emulator: EmulatorServer) -> None:
     model = chat_model(emulator)
     reply = await model.ainvoke("tell me something")
-    result = await astream_to_buffer(model, "tell me something")
+    result = await acollect(astream_chunks(model, "tell me something"))
     assert result.text
     assert result.text == reply.content
     assert result.chunks[-1].is_last
@@ -150,7 +150,7 @@ async def test_chunk_texts_concatenate_to_server_text(emulator: EmulatorServer) 
     assert result.stats.model == "emu-model"
     assert result.stats.n_chunks >= 2
     assert result.stats.time_to_first_text is not None
-    sync = stream_to_buffer(model, "tell me something")
+    sync = collect(stream_chunks(model, "tell me something"))
     assert sync.text == reply.content
 
 
@@ -172,12 +172,16 @@ async def test_watchdog_closes_hung_chat_stream_and_releases_connection(
     collector = StreamStatsCollector()
     server.inject(Fault.hang_before_first_byte(HANG_SECONDS))
     with pytest.raises(FirstChunkTimeoutError):
-        await astream_to_buffer(
-            model, "hi", first_chunk_timeout=FIRST_CHUNK_TIMEOUT, collector=collector
+        await acollect(
+            astream_chunks(
+                model, "hi", first_chunk_timeout=FIRST_CHUNK_TIMEOUT, collector=collector
+            )
         )
     assert await settle(lambda: in_flight(server) == 0)
     assert collector.snapshot()["models"]["emu-model"]["outcomes"] == {"stalled": 1}
-    result = await astream_to_buffer(model, "hi", first_chunk_timeout=30, collector=collector)
+    result = await acollect(
+        astream_chunks(model, "hi", first_chunk_timeout=30, collector=collector)
+    )
     assert result.text
     assert await settle(lambda: in_flight(server) == 0)
 

@@ -25,9 +25,11 @@ EXPECTED_ALL = [
     "TimeToFirstTokenHandler",
     "__version__",
     "aclose_pools",
+    "acollect",
+    "aconsume",
     "astream_chunks",
-    "astream_to_buffer",
-    "astream_to_callback",
+    "collect",
+    "consume",
     "default_preloader",
     "fastpipe_lifespan",
     "get_config",
@@ -36,8 +38,6 @@ EXPECTED_ALL = [
     "guard_stream",
     "set_config",
     "stream_chunks",
-    "stream_to_buffer",
-    "stream_to_callback",
 ]
 
 

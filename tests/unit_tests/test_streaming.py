@@ -33,18 +33,16 @@ from langchain_fastpipe.streaming import (
     StreamingChunk,
     StreamStatsCollector,
     TimeToFirstTokenHandler,
-    aiter_chunks,
+    acollect,
+    aconsume,
     astream_chunks,
-    astream_to_buffer,
-    astream_to_callback,
+    collect,
+    consume,
     default_collector,
     extract_text,
     guard_stream,
-    iter_chunks,
     resolve_model_name,
     stream_chunks,
-    stream_to_buffer,
-    stream_to_callback,
 )
 
 # --------------------------------------------------------------------------- helpers
@@ -181,7 +179,7 @@ async def test_chunk_times_and_stats_are_deterministic_with_injected_clock() -> 
     schedule = [(1.0, "a"), (1.5, "b"), (2.0, "c"), (4.0, "d")]
     chunks = [
         c
-        async for c in aiter_chunks(
+        async for c in astream_chunks(
             timed_source(clock, schedule, end=5.0), model="m1", clock=clock, collector=collector
         )
     ]
@@ -220,7 +218,7 @@ async def test_time_to_first_text_skips_empty_role_chunk() -> None:
     schedule = [(1.0, AIMessageChunk(content="")), (3.0, AIMessageChunk(content="hi"))]
     chunks = [
         c
-        async for c in aiter_chunks(
+        async for c in astream_chunks(
             timed_source(clock, schedule, end=3.0), model="m", clock=clock, collector=None
         )
     ]
@@ -235,7 +233,7 @@ async def test_empty_stream_emits_one_first_and_last_record() -> None:
     clock = FakeClock()
     chunks = [
         c
-        async for c in aiter_chunks(
+        async for c in astream_chunks(
             timed_source(clock, [], end=2.0), model="m", clock=clock, collector=None
         )
     ]
@@ -260,14 +258,10 @@ async def test_usage_and_metadata_are_kept_and_summed() -> None:
         (2.0, AIMessageChunk(content="", usage_metadata=usage)),
         (3.0, AIMessageChunk(content="", usage_metadata=usage)),
     ]
-    runnable = RunnableLambda(lambda x: x)
     chunks = [
         c
-        async for c in aiter_chunks(
-            timed_source(clock, schedule, end=3.0),
-            runnable=runnable,
-            clock=clock,
-            collector=None,
+        async for c in astream_chunks(
+            timed_source(clock, schedule, end=3.0), clock=clock, collector=None
         )
     ]
     assert chunks[0].metadata == {"model_name": "served-model"}
@@ -293,7 +287,7 @@ async def test_async_and_sync_twins_produce_same_texts_and_flags() -> None:
 
 async def test_chain_gets_terminal_record_and_model_name_from_inner_model() -> None:
     chain = chain_of(fake_model())
-    result = await astream_to_buffer(chain, {"q": "x"}, collector=None)
+    result = await acollect(astream_chunks(chain, {"q": "x"}, collector=None))
     assert result.text == "hello big world"
     assert result.chunks[-1].is_last
     assert result.chunks[-1].text == ""
@@ -322,7 +316,7 @@ async def test_structured_stream_keeps_value() -> None:
         yield Answer(answer="a")
         yield Answer(answer="ab")
 
-    result = await astream_to_buffer(RunnableGenerator(gen), "x", collector=None)
+    result = await acollect(astream_chunks(RunnableGenerator(gen), "x", collector=None))
     assert result.text == ""
     assert [c.value for c in result.chunks[:-1]] == [Answer(answer="a"), Answer(answer="ab")]
     assert result.stats.n_chunks == 2
@@ -334,7 +328,7 @@ async def test_structured_stream_keeps_value() -> None:
 async def test_async_callback_mode_accepts_sync_and_async_callbacks() -> None:
     model = fake_model()
     seen_sync: list[StreamingChunk] = []
-    stats = await astream_to_callback(model, "hi", seen_sync.append, collector=None)
+    stats = await aconsume(astream_chunks(model, "hi", collector=None), seen_sync.append)
     assert "".join(c.text for c in seen_sync) == "hello big world"
     assert stats.n_chunks == 5
     assert stats.outcome == "completed"
@@ -345,7 +339,7 @@ async def test_async_callback_mode_accepts_sync_and_async_callbacks() -> None:
         await asyncio.sleep(0)
         seen_async.append(chunk.text)
 
-    stats = await astream_to_callback(model, "hi", on_chunk, collector=None)
+    stats = await aconsume(astream_chunks(model, "hi", collector=None), on_chunk)
     assert "".join(seen_async) == "hello big world"
     assert stats.n_chunks == 5
 
@@ -363,7 +357,9 @@ async def test_callback_error_closes_stream_and_propagates() -> None:
 
     collector = StreamStatsCollector()
     with pytest.raises(RuntimeError, match="consumer failed"):
-        await astream_to_callback(RunnableGenerator(gen), "x", boom, model="m", collector=collector)
+        await aconsume(
+            astream_chunks(RunnableGenerator(gen), "x", model="m", collector=collector), boom
+        )
     assert await settle(lambda: probe.closed)
     assert collector.snapshot()["models"]["m"]["outcomes"] == {"cancelled": 1}
 
@@ -371,10 +367,10 @@ async def test_callback_error_closes_stream_and_propagates() -> None:
 def test_sync_callback_and_buffer_modes() -> None:
     model = fake_model()
     seen: list[str] = []
-    stats = stream_to_callback(model, "hi", lambda c: seen.append(c.text), collector=None)
+    stats = consume(stream_chunks(model, "hi", collector=None), lambda c: seen.append(c.text))
     assert "".join(seen) == "hello big world"
     assert stats.n_chunks == 5
-    result = stream_to_buffer(model, "hi", collector=None)
+    result = collect(stream_chunks(model, "hi", collector=None))
     assert result.text == "hello big world"
     assert result.stats.n_chunks == 5
     assert result.chunks[-1].stats == result.stats
@@ -384,14 +380,14 @@ def test_sync_callback_rejects_coroutine_function() -> None:
     async def cb(chunk: StreamingChunk) -> None:
         return None
 
-    with pytest.raises(TypeError, match="astream_to_callback"):
-        stream_to_callback(fake_model(), "hi", cb, collector=None)
+    with pytest.raises(TypeError, match="aconsume"):
+        consume(stream_chunks(fake_model(), "hi", collector=None), cb)
 
 
 async def test_sync_twins_work_inside_a_running_loop() -> None:
     # As in Jupyter: a loop is running in this thread; the sync twin must not start one.
     asyncio.get_running_loop()
-    result = stream_to_buffer(chain_of(fake_model()), {"q": "x"}, collector=None)
+    result = collect(stream_chunks(chain_of(fake_model()), {"q": "x"}, collector=None))
     assert result.text == "hello big world"
     texts = [c.text for c in stream_chunks(fake_model(), "hi", collector=None)]
     assert texts[0] == "hello"
@@ -407,12 +403,95 @@ def test_sync_break_closes_source() -> None:
             closed.append(True)
 
     collector = StreamStatsCollector()
-    with contextlib.closing(iter_chunks(source(), model="m", collector=collector)) as chunks:
+    with contextlib.closing(stream_chunks(source(), model="m", collector=collector)) as chunks:
         for chunk in chunks:
             if chunk.index == 0:
                 break
     assert closed == [True]
     assert collector.snapshot()["models"]["m"]["outcomes"] == {"cancelled": 1}
+
+
+def test_sync_callback_error_closes_source_and_records_cancelled() -> None:
+    closed: list[bool] = []
+
+    def source() -> Iterator[str]:
+        try:
+            yield from ("a", "b", "c")
+        finally:
+            closed.append(True)
+
+    def boom(chunk: StreamingChunk) -> None:
+        raise RuntimeError("consumer failed")
+
+    collector = StreamStatsCollector()
+    with pytest.raises(RuntimeError, match="consumer failed"):
+        consume(stream_chunks(source(), model="m", collector=collector), boom)
+    assert closed == [True]
+    assert collector.snapshot()["models"]["m"]["outcomes"] == {"cancelled": 1}
+
+
+async def test_buffer_mode_sums_usage_in_both_twins() -> None:
+    usage = {"input_tokens": 3, "output_tokens": 2, "total_tokens": 5}
+    items = [
+        AIMessageChunk(content="a", usage_metadata=usage),
+        AIMessageChunk(content="b"),
+        AIMessageChunk(content="", usage_metadata=usage),
+    ]
+
+    async def source() -> AsyncIterator[AIMessageChunk]:
+        for item in items:
+            yield item
+
+    result = await acollect(astream_chunks(source(), model="m", collector=None))
+    assert result.text == "ab"
+    assert result.usage is not None
+    assert (result.usage["input_tokens"], result.usage["total_tokens"]) == (6, 10)
+    assert collect(stream_chunks(iter(items), model="m", collector=None)).usage == result.usage
+    assert collect(stream_chunks(iter(["x"]), collector=None)).usage is None
+
+
+async def test_producers_reject_wrong_arguments_at_the_call() -> None:
+    model = fake_model()
+    with pytest.raises(TypeError, match="input is missing"):
+        astream_chunks(model)
+    with pytest.raises(TypeError, match="input is missing"):
+        stream_chunks(model)
+    with pytest.raises(TypeError, match="input and config apply to a Runnable"):
+        stream_chunks(iter(["a"]), "hi")
+    with pytest.raises(TypeError, match="input and config apply to a Runnable"):
+        astream_chunks(endless_source(Probe()), config={"tags": ["x"]})
+    with pytest.raises(TypeError, match="unexpected keyword argument 'modle'"):
+        astream_chunks(model, "hi", modle="m")  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="no stall watchdog; use astream_chunks"):
+        stream_chunks(model, "hi", first_chunk_timeout=1.0)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="use astream_chunks for an async iterable"):
+        stream_chunks(endless_source(Probe()))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="needs a Runnable or an async iterable"):
+        astream_chunks(["a"])  # type: ignore[arg-type]
+
+
+def test_none_is_a_runnable_input_like_any_other() -> None:
+    echo = RunnableLambda(lambda x: "got None" if x is None else "got something")
+    assert collect(stream_chunks(echo, None, collector=None)).text == "got None"
+
+
+async def test_consumers_refuse_a_stream_without_its_last_chunk() -> None:
+    chunks = list(stream_chunks(iter(["a", "b"]), collector=None))
+    assert chunks[-1].is_last
+
+    async def cut() -> AsyncIterator[StreamingChunk]:
+        for chunk in chunks[:-1]:
+            yield chunk
+
+    with pytest.raises(ValueError, match="without their is_last chunk"):
+        await acollect(cut())
+    with pytest.raises(ValueError, match="without their is_last chunk"):
+        await aconsume(cut(), lambda c: None)
+    with pytest.raises(ValueError, match="without their is_last chunk"):
+        collect(iter(chunks[:-1]))
+    with pytest.raises(ValueError, match="without their is_last chunk"):
+        consume(iter(chunks[:-1]), lambda c: None)
+    assert collect(iter(chunks)).stats == chunks[-1].stats
 
 
 # --------------------------------------------------------------------------- aggregation
@@ -421,8 +500,8 @@ def test_sync_break_closes_source() -> None:
 async def test_default_collector_is_registered_and_aggregates_per_model() -> None:
     before = default_collector.snapshot()["models"].get("agg-model", {}).get("streams", 0)
     for _ in range(3):
-        await astream_to_buffer(fake_model(), "hi", model="agg-model")
-    stream_to_buffer(fake_model(), "hi", model="agg-model")
+        await acollect(astream_chunks(fake_model(), "hi", model="agg-model"))
+    collect(stream_chunks(fake_model(), "hi", model="agg-model"))
     stats = get_stats()["streams"]
     entry = stats["models"]["agg-model"]
     assert entry["streams"] == before + 4
@@ -521,8 +600,14 @@ async def test_stall_through_runnable_records_stalled_outcome() -> None:
 
     collector = StreamStatsCollector()
     with pytest.raises(InterChunkTimeoutError):
-        await astream_to_buffer(
-            RunnableGenerator(gen), "x", model="m", inter_chunk_timeout=0.02, collector=collector
+        await acollect(
+            astream_chunks(
+                RunnableGenerator(gen),
+                "x",
+                model="m",
+                inter_chunk_timeout=0.02,
+                collector=collector,
+            )
         )
     assert probe.closed
     entry = collector.snapshot()["models"]["m"]
@@ -539,7 +624,7 @@ async def test_task_cancel_closes_source_and_records_cancelled() -> None:
     first = asyncio.Event()
 
     async def consume() -> None:
-        async for _ in aiter_chunks(hanging_source(probe, ["a"]), model="m", collector=collector):
+        async for _ in astream_chunks(hanging_source(probe, ["a"]), model="m", collector=collector):
             first.set()
 
     task = asyncio.create_task(consume())
@@ -557,7 +642,7 @@ async def test_break_with_aclosing_closes_source_at_once() -> None:
     probe = Probe()
     collector = StreamStatsCollector()
     async with contextlib.aclosing(
-        aiter_chunks(endless_source(probe), model="m", collector=collector)
+        astream_chunks(endless_source(probe), model="m", collector=collector)
     ) as chunks:
         async for chunk in chunks:
             if chunk.index == 2:
@@ -568,7 +653,7 @@ async def test_break_with_aclosing_closes_source_at_once() -> None:
 
 async def test_plain_break_closes_source_soon_after() -> None:
     probe = Probe()
-    async for _ in aiter_chunks(endless_source(probe), model="m", collector=None):
+    async for _ in astream_chunks(endless_source(probe), model="m", collector=None):
         break
     gc.collect()
     for _ in range(10):  # the loop's async-generator finalizer runs aclose() as a task
@@ -605,7 +690,7 @@ async def test_direct_mode_never_reads_ahead_of_a_slow_consumer() -> None:
     max_ahead = 0
     consumed = 0
     async with contextlib.aclosing(
-        aiter_chunks(endless_source(probe), collector=None, inter_chunk_timeout=30)
+        astream_chunks(endless_source(probe), collector=None, inter_chunk_timeout=30)
     ) as chunks:
         async for _ in chunks:
             consumed += 1
@@ -637,7 +722,7 @@ async def test_callback_mode_waits_for_the_callback() -> None:
             consumed += 1
         max_ahead = max(max_ahead, probe.produced - consumed)
 
-    stats = await astream_to_callback(RunnableGenerator(gen), "x", slow, collector=None)
+    stats = await aconsume(astream_chunks(RunnableGenerator(gen), "x", collector=None), slow)
     assert stats.n_chunks == 100
     assert max_ahead <= 1
 
@@ -716,17 +801,17 @@ def test_ttft_handler_without_streaming_records_no_ttft() -> None:
 def test_each_item_is_resolved_once_and_its_metadata_not_copied(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import langchain_fastpipe.streaming as streaming
+    from langchain_fastpipe.streaming import _timer
 
-    spy = mock.Mock(wraps=streaming._message_of)
-    monkeypatch.setattr(streaming, "_message_of", spy)
+    spy = mock.Mock(wraps=_timer.message_of)
+    monkeypatch.setattr(_timer, "message_of", spy)
     usage = {"input_tokens": 3, "output_tokens": 2, "total_tokens": 5}
     items = [
         AIMessageChunk(content="a", response_metadata={"model_name": "m"}),
         ChatGenerationChunk(message=AIMessageChunk(content="b", usage_metadata=usage)),
         AIMessageChunk(content="", chunk_position="last"),
     ]
-    chunks = list(streaming.iter_chunks(iter(items), collector=None))
+    chunks = list(stream_chunks(iter(items), collector=None))
     assert spy.call_count == len(items)  # one resolution per item, not one per field
     assert [c.text for c in chunks] == ["a", "b", ""]
     assert chunks[0].metadata is items[0].response_metadata  # no per-chunk dict copy
@@ -740,10 +825,10 @@ def test_each_item_is_resolved_once_and_its_metadata_not_copied(
 def test_fast_built_chunk_is_a_real_frozen_streaming_chunk() -> None:
     import dataclasses
 
-    import langchain_fastpipe.streaming as streaming
+    from langchain_fastpipe.streaming import _chunk
 
     item = AIMessageChunk(content="hi", response_metadata={"model_name": "m"})
-    chunk = next(iter_chunks(iter([item]), model="m", collector=None))
+    chunk = next(stream_chunks(iter([item]), model="m", collector=None))
     assert type(chunk) is StreamingChunk
     expected = StreamingChunk(
         index=0,
@@ -760,20 +845,20 @@ def test_fast_built_chunk_is_a_real_frozen_streaming_chunk() -> None:
     assert repr(chunk) == repr(expected)
     with pytest.raises(dataclasses.FrozenInstanceError):
         chunk.text = "changed"  # type: ignore[misc]
-    assert streaming._ChunkBuilder.__slots__ == StreamingChunk.__slots__
+    assert _chunk.ChunkBuilder.__slots__ == StreamingChunk.__slots__
 
 
 async def test_long_stream_keeps_recent_gaps_and_the_true_max(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import langchain_fastpipe.streaming as streaming
+    from langchain_fastpipe.streaming import _timer
 
-    monkeypatch.setattr(streaming, "_MAX_GAPS", 8)
+    monkeypatch.setattr(_timer, "_MAX_GAPS", 8)
     clock = FakeClock()
     # one early 50 s gap, then 1 s gaps: the big gap is dropped from the quantiles, kept as max
     schedule = [(1.0, "a"), (51.0, "b")] + [(52.0 + i, "x") for i in range(20)]
     source = timed_source(clock, schedule, end=80.0)
-    chunks = [c async for c in aiter_chunks(source, model="m", clock=clock, collector=None)]
+    chunks = [c async for c in astream_chunks(source, model="m", clock=clock, collector=None)]
     stats = chunks[-1].stats
     assert stats is not None
     assert stats.n_chunks == 22
