@@ -149,7 +149,9 @@ async def _demo_local() -> None:
         model = backend.chat()
         preloader.register(server, name="llama-server", timeout=120)
         results = await preloader.preload()
-        preloader.register(model, timeout=60)
+        # The warm-up carries the demo's prompt: llama.cpp's prompt cache then holds its
+        # few-shot prefix, and the first query only processes the question.
+        preloader.register(model, timeout=60, prompt=FEW_SHOT_PROMPT)
         results += await preloader.preload(names=[preloader.names()[-1]])
         for result in results:
             print(f"preloaded {result.name}: {result.status.value} in {result.seconds:.2f} s")

