@@ -89,7 +89,7 @@ _NO_INPUT: Any = _NoInput()
 _ASYNC_ONLY = frozenset(AsyncStreamOptions.__optional_keys__ - StreamOptions.__optional_keys__)
 
 
-def _timer(
+def _checked_timer(
     caller: str,
     source: object,
     input: Any,
@@ -160,7 +160,7 @@ def astream_chunks(
                 async for chunk in chunks:
                     print(chunk.text, end="", flush=True)
     """
-    timer = _timer(
+    timer = _checked_timer(
         "astream_chunks", source, input, config, options, AsyncStreamOptions.__optional_keys__
     )
     first = options.get("first_chunk_timeout")
@@ -198,7 +198,9 @@ def stream_chunks(
         TypeError: A runnable without input, an iterable with one, an async iterable, or an
             unknown option.
     """
-    timer = _timer("stream_chunks", source, input, config, options, StreamOptions.__optional_keys__)
+    timer = _checked_timer(
+        "stream_chunks", source, input, config, options, StreamOptions.__optional_keys__
+    )
     if isinstance(source, Runnable):
         source = source.stream(input, config)
     elif not isinstance(source, Iterable):
