@@ -7,40 +7,104 @@ mechanics live in private modules.
 
 from __future__ import annotations
 
+import importlib
 from importlib import metadata
+from typing import TYPE_CHECKING, Any
 
-from langchain_fastpipe.chat_models import ChatFastpipe
-from langchain_fastpipe.config import FastpipeConfig, get_config, set_config
-from langchain_fastpipe.pipeline import AnswerPipeline, RankedFallbacks
-from langchain_fastpipe.preload import (
-    ModelPreloader,
-    PreloadResult,
-    default_preloader,
-    fastpipe_lifespan,
-)
-from langchain_fastpipe.stats import get_stats
-from langchain_fastpipe.streaming import (
-    StreamingChunk,
-    StreamResult,
-    StreamStats,
-    TimeToFirstTokenHandler,
-    acollect,
-    aconsume,
-    astream_chunks,
-    collect,
-    consume,
-    guard_stream,
-    stream_chunks,
-)
-from langchain_fastpipe.transport import (
-    BreakerPolicy,
-    EndpointConfig,
-    PooledClient,
-    PoolLimits,
-    RetryPolicy,
-    aclose_pools,
-    get_pool,
-)
+if TYPE_CHECKING:
+    from langchain_fastpipe.chat_models import ChatFastpipe
+    from langchain_fastpipe.config import (
+        FastpipeConfig,
+        get_config,
+        set_config,
+    )
+    from langchain_fastpipe.pipeline import (
+        AnswerPipeline,
+        RankedFallbacks,
+    )
+    from langchain_fastpipe.preload import (
+        ModelPreloader,
+        PreloadResult,
+        default_preloader,
+        fastpipe_lifespan,
+    )
+    from langchain_fastpipe.stats import get_stats
+    from langchain_fastpipe.streaming import (
+        StreamingChunk,
+        StreamResult,
+        StreamStats,
+        TimeToFirstTokenHandler,
+        acollect,
+        aconsume,
+        astream_chunks,
+        collect,
+        consume,
+        guard_stream,
+        stream_chunks,
+    )
+    from langchain_fastpipe.transport import (
+        BreakerPolicy,
+        EndpointConfig,
+        PooledClient,
+        PoolLimits,
+        RetryPolicy,
+        aclose_pools,
+        get_pool,
+    )
+
+#: Public name -> the module that defines it, imported on first access (PEP 562).
+_EXPORTS: dict[str, str] = {
+    "ChatFastpipe": "langchain_fastpipe.chat_models",
+    "FastpipeConfig": "langchain_fastpipe.config",
+    "get_config": "langchain_fastpipe.config",
+    "set_config": "langchain_fastpipe.config",
+    "AnswerPipeline": "langchain_fastpipe.pipeline",
+    "RankedFallbacks": "langchain_fastpipe.pipeline",
+    "ModelPreloader": "langchain_fastpipe.preload",
+    "PreloadResult": "langchain_fastpipe.preload",
+    "default_preloader": "langchain_fastpipe.preload",
+    "fastpipe_lifespan": "langchain_fastpipe.preload",
+    "get_stats": "langchain_fastpipe.stats",
+    "StreamingChunk": "langchain_fastpipe.streaming",
+    "StreamResult": "langchain_fastpipe.streaming",
+    "StreamStats": "langchain_fastpipe.streaming",
+    "TimeToFirstTokenHandler": "langchain_fastpipe.streaming",
+    "acollect": "langchain_fastpipe.streaming",
+    "aconsume": "langchain_fastpipe.streaming",
+    "astream_chunks": "langchain_fastpipe.streaming",
+    "collect": "langchain_fastpipe.streaming",
+    "consume": "langchain_fastpipe.streaming",
+    "guard_stream": "langchain_fastpipe.streaming",
+    "stream_chunks": "langchain_fastpipe.streaming",
+    "BreakerPolicy": "langchain_fastpipe.transport",
+    "EndpointConfig": "langchain_fastpipe.transport",
+    "PooledClient": "langchain_fastpipe.transport",
+    "PoolLimits": "langchain_fastpipe.transport",
+    "RetryPolicy": "langchain_fastpipe.transport",
+    "aclose_pools": "langchain_fastpipe.transport",
+    "get_pool": "langchain_fastpipe.transport",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first use, so ``import langchain_fastpipe`` is cheap.
+
+    ``from langchain_fastpipe import ChatFastpipe`` loads the chat model and its transport,
+    not the pipeline, streaming, configuration or preloading modules.
+    """
+    module = _EXPORTS.get(name)
+    if module is None:
+        msg = f"module 'langchain_fastpipe' has no attribute {name!r}"
+        raise AttributeError(msg)
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """The module's names, public ones included before their first use."""
+    return sorted({*globals(), *__all__})
+
 
 try:
     __version__ = metadata.version(__package__ or "langchain-fastpipe")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 import langchain_fastpipe
 
 EXPECTED_ALL = [
@@ -80,3 +82,29 @@ def test_import_has_no_side_effects_on_the_network() -> None:
         check=True,
     )
     assert out.stdout.strip() == "ok"
+
+
+def test_importing_the_chat_model_loads_only_what_it_needs() -> None:
+    # Public names are imported on first use: the chat model does not drag in the
+    # pipeline, streaming, configuration, preloading, emulator or local-server modules.
+    code = (
+        "import sys\n"
+        "from langchain_fastpipe import ChatFastpipe\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('langchain_fastpipe'))))\n"
+    )
+    out = subprocess.run(  # noqa: S603 - our interpreter, fixed code
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    loaded = set(out.stdout.split())
+    assert "langchain_fastpipe.chat_models" in loaded
+    for heavy in ("pipeline", "streaming", "config", "preload", "emulator", "local", "bench"):
+        assert f"langchain_fastpipe.{heavy}" not in loaded, sorted(loaded)
+
+
+def test_lazy_names_resolve_and_unknown_names_raise() -> None:
+    from langchain_fastpipe.pipeline import AnswerPipeline
+
+    assert langchain_fastpipe.AnswerPipeline is AnswerPipeline
+    assert set(langchain_fastpipe.__all__) <= set(dir(langchain_fastpipe))
+    with pytest.raises(AttributeError, match="NoSuchThing"):
+        langchain_fastpipe.NoSuchThing  # noqa: B018
