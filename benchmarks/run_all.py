@@ -33,6 +33,10 @@ BENCHMARKS: list[tuple[str, list[str]]] = [
     ),
     ("cold start: preloading", [str(HERE / "bench_coldstart.py")]),
     (
+        "quality: the real model's accuracy, plain path vs optimized path",
+        [str(HERE / "bench_quality.py")],
+    ),
+    (
         "pipeline: ranked fallbacks, hedging, first-chunk timeouts",
         [str(HERE / "bench_pipeline.py")],
     ),
