@@ -15,10 +15,13 @@ A chat model may also be registered with the application's prompt
 ``prompt | llm``): its warm-up then sends that prompt, rendered with empty inputs, as a
 1-token request, so a server with a prompt cache (llama.cpp's ``cache_prompt``, on by
 default; Ollama; vLLM's prefix caching) already holds the prompt's fixed prefix when
-the first real query comes and only processes the question. llama-server sends a
-request to the slot whose cached prompt shares the most with it (``--slot-prompt-similarity``),
-so the first query finds the warmed slot whatever ``--parallel`` is; register one prompt
-per slot at most (each warm-up prompt takes the least recently used slot).
+the first real query comes and only processes the question. With several slots
+(``--parallel``; :class:`~langchain_fastpipe.local.LocalModelServer` starts 4) llama-server
+gives a request the idle slot whose cached prompt shares the most with it (above
+``--slot-prompt-similarity``, 0.1 by default), so the first query finds the warmed slot;
+with the similarity set to 0 it takes the least recently used slot and misses the prefix.
+Prompts beyond the number of slots stay in its host-memory prompt cache (``--cache-ram``,
+8 GiB by default) and are restored from there.
 
 A failed warm-up never breaks the application: :meth:`ModelPreloader.preload` reports
 it in a :class:`PreloadResult` and the model still works (it just pays the cold start).
