@@ -70,7 +70,8 @@ from langchain_fastpipe.errors import (
     AllStrategiesFailedError,
     ConfigError,
     FirstChunkTimeoutError,
-    PipelineError,
+    StrategyTimeoutError,
+    StrategyValidationError,
     StreamStallError,
 )
 from langchain_fastpipe.pipeline._policy import (
@@ -86,8 +87,6 @@ from langchain_fastpipe.stats import Histogram, registry
 __all__ = [
     "RankedFallbacks",
     "Strategy",
-    "StrategyTimeoutError",
-    "StrategyValidationError",
     "Validator",
     "check_output",
     "failure_reason",
@@ -95,36 +94,6 @@ __all__ = [
 
 #: A validator: a pydantic model the output must parse as, or a predicate on the output.
 Validator = type[BaseModel] | Callable[[Any], bool]
-
-
-class StrategyValidationError(PipelineError, ValueError):
-    """A strategy's output was rejected by its validator (or it produced no output).
-
-    Attributes:
-        strategy: The strategy name.
-        reason: Why the output was rejected.
-    """
-
-    def __init__(self, strategy: str, reason: str) -> None:
-        """Create the error for ``strategy``."""
-        super().__init__(f"strategy {strategy!r}: {reason}")
-        self.strategy = strategy
-        self.reason = reason
-
-
-class StrategyTimeoutError(PipelineError, TimeoutError):
-    """A strategy did not finish within the total timeout.
-
-    Attributes:
-        strategy: The strategy name.
-        timeout: The limit in seconds.
-    """
-
-    def __init__(self, strategy: str, timeout: float) -> None:
-        """Create the error for ``strategy``."""
-        super().__init__(f"strategy {strategy!r} did not finish within {timeout:g}s")
-        self.strategy = strategy
-        self.timeout = timeout
 
 
 class Strategy(BaseModel):

@@ -24,7 +24,12 @@ from langchain_core.tools import tool
 from pydantic import BaseModel
 
 from langchain_fastpipe.chat_models import ChatFastpipe
-from langchain_fastpipe.errors import AllStrategiesFailedError, ConfigError
+from langchain_fastpipe.errors import (
+    AllStrategiesFailedError,
+    ConfigError,
+    StrategyTimeoutError,
+    StrategyValidationError,
+)
 from langchain_fastpipe.pipeline import (
     FixedOrderPolicy,
     MemoryStore,
@@ -32,15 +37,10 @@ from langchain_fastpipe.pipeline import (
     RankingState,
     Strategy,
     StrategyStats,
-    StrategyTimeoutError,
-    StrategyValidationError,
     ThompsonPolicy,
-    beta_posterior,
-    check_output,
-    expected_score,
-    failure_reason,
-    posterior_mean,
 )
+from langchain_fastpipe.pipeline._policy import beta_posterior, expected_score, posterior_mean
+from langchain_fastpipe.pipeline._ranked import check_output, failure_reason
 from langchain_fastpipe.stats import get_stats
 
 
