@@ -41,7 +41,7 @@ BENCHMARKS: list[tuple[str, list[str]]] = [
         [str(HERE / "bench_pipeline.py")],
     ),
     (
-        "fastpipe bench: the origin report's Success Criteria",
+        "fastpipe bench: baseline vs optimized against the response-time targets",
         ["-m", "langchain_fastpipe.bench", "--no-progress"],
     ),
 ]

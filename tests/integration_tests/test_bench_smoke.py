@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from langchain_fastpipe.bench import CONFIGS, METRICS
+from langchain_fastpipe._bench.results import CONFIGS, METRICS
 from langchain_fastpipe.cli import main as cli_main
 
 

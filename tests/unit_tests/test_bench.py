@@ -10,7 +10,8 @@ import json
 import pytest
 
 from langchain_fastpipe import bench
-from langchain_fastpipe.bench import (
+from langchain_fastpipe._bench import command, results, run
+from langchain_fastpipe._bench.results import (
     CONFIGS,
     METRICS,
     TARGETS,
@@ -21,12 +22,12 @@ from langchain_fastpipe.bench import (
     QuerySample,
     evaluate,
     progress_line,
-    quantile,
     render_table,
     report_json,
     summarize,
 )
 from langchain_fastpipe.errors import ConfigError
+from langchain_fastpipe.stats import quantile
 
 
 def _result(name: str = "baseline", **metrics: float | None) -> ConfigResult:
@@ -97,17 +98,15 @@ def test_quantile_rejects_bad_q() -> None:
         quantile([1.0], 1.5)
 
 
-def test_quantile_is_the_one_of_the_stats_module() -> None:
-    from langchain_fastpipe import stats
-
-    assert quantile is stats.quantile
-
-
 def test_bench_takes_its_prompt_from_the_neutral_module_not_the_cli() -> None:
     from langchain_fastpipe import cli, prompts
 
-    tree = ast.parse(inspect.getsource(bench))
-    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported = {
+        node.module
+        for module in (bench, command, results, run)
+        for node in ast.walk(ast.parse(inspect.getsource(module)))
+        if isinstance(node, ast.ImportFrom)
+    }
     assert "langchain_fastpipe.cli" not in imported  # the library never depends on the CLI
     assert "langchain_fastpipe.prompts" in imported
     assert cli.FEW_SHOT_PROMPT is prompts.FEW_SHOT_PROMPT  # still importable from the CLI
@@ -157,9 +156,9 @@ def test_targets_are_the_reports_success_criteria() -> None:
 def test_evaluate_is_strictly_below_target() -> None:
     verdict = evaluate({"first_query": 4.99, "average": 8.0, "p95": 12.0, "ttfc": None})
     assert verdict == {"first_query": True, "average": False, "p95": False, "ttfc": None}
-    assert bench.all_pass(verdict) is False
-    assert bench.all_pass(evaluate({"first_query": 1, "average": 1, "p95": 1, "ttfc": 1}))
-    assert bench.all_pass({}) is False
+    assert results.all_pass(verdict) is False
+    assert results.all_pass(evaluate({"first_query": 1, "average": 1, "p95": 1, "ttfc": 1}))
+    assert results.all_pass({}) is False
 
 
 # ---------------------------------------------------------------- rendering
@@ -259,19 +258,19 @@ def test_progress_redraws_in_place() -> None:
 
 # ---------------------------------------------------------------- options
 def test_options_from_args() -> None:
-    parser = bench.build_parser()
-    quick = bench.options_from_args(parser.parse_args(["--quick", "--backend", "emulator"]))
+    parser = command.build_parser()
+    quick = command.options_from_args(parser.parse_args(["--quick", "--backend", "emulator"]))
     assert quick.queries == 3
     assert quick.backends == ("emulator",)
-    full = bench.options_from_args(parser.parse_args([]))
+    full = command.options_from_args(parser.parse_args([]))
     assert full.queries == 10
     assert full.backends == ("emulator", "local")
     assert full.load_seconds == 10.0
     assert "SCALED" not in full.emulator_title()
-    scaled = bench.options_from_args(parser.parse_args(["--load-seconds", "0.5"]))
+    scaled = command.options_from_args(parser.parse_args(["--load-seconds", "0.5"]))
     assert "SCALED" in scaled.emulator_title()
     with pytest.raises(ConfigError, match="--queries"):
-        bench.options_from_args(parser.parse_args(["--queries", "0"]))
+        command.options_from_args(parser.parse_args(["--queries", "0"]))
 
 
 def test_main_rejects_bad_queries(capsys: pytest.CaptureFixture[str]) -> None:
@@ -285,5 +284,5 @@ def test_plot_writes_a_png(tmp_path: pytest.TempPathFactory) -> None:
         backend="emulator", title="t", results=[_result(c.name) for c in CONFIGS]
     )
     path = tmp_path / "bench.png"  # type: ignore[operator]
-    bench.plot_report([report], path)
+    results.plot_report([report], path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

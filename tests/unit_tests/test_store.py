@@ -19,9 +19,8 @@ from langchain_fastpipe.pipeline import (
     SQLiteStore,
     StatsStore,
     StrategyStats,
-    apply_outcome,
 )
-from langchain_fastpipe.pipeline._store import decode_sample, encode_sample
+from langchain_fastpipe.pipeline._store import apply_outcome, decode_sample, encode_sample
 
 
 def test_apply_outcome_keeps_window_and_lifetime_counts() -> None:
@@ -237,11 +236,12 @@ async def test_redis_with_only_a_sync_client_never_blocks_the_loop() -> None:
 
 
 def test_one_quantile_for_the_package() -> None:
-    from langchain_fastpipe import bench, stats
+    from langchain_fastpipe import stats
+    from langchain_fastpipe._bench import results
     from langchain_fastpipe.pipeline import _store
 
     assert _store.quantile is stats.quantile
-    assert bench.quantile is stats.quantile
+    assert results.quantile is stats.quantile
     assert StrategyStats(name="a", ttfcs=(0.3, 0.1, 0.2)).ttfc_quantile(0.5) == 0.2
     with pytest.raises(ConfigError, match="between 0 and 1"):
         stats.quantile([1.0], 1.5)
