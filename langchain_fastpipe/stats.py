@@ -4,6 +4,9 @@ A component that has statistics registers a *source*: a name and a zero-argument
 callable returning a JSON-serializable dict. :func:`get_stats` calls every source and
 returns one snapshot. Sources hold their own numbers; nothing here is on a hot path
 except :meth:`Histogram.record`, which is a bisect and two additions.
+
+The public name is :func:`get_stats`; the registry, :class:`Histogram` and
+:func:`quantile` are what the package's layers report with.
 """
 
 from __future__ import annotations
@@ -16,14 +19,7 @@ from typing import Any
 
 from langchain_fastpipe.errors import ConfigError
 
-__all__ = [
-    "DEFAULT_SECONDS_BUCKETS",
-    "Histogram",
-    "StatsRegistry",
-    "get_stats",
-    "quantile",
-    "registry",
-]
+__all__ = ["get_stats"]
 
 #: Upper bounds (seconds) of the default latency buckets: 1 ms to 120 s, roughly x2 apart.
 DEFAULT_SECONDS_BUCKETS: tuple[float, ...] = (

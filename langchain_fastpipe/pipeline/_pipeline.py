@@ -138,7 +138,8 @@ class AnswerPipeline(RunnableSerializable[PipelineInput, str]):
         Reads ``enable_optimized_pipeline`` (ranked and adaptive, or fixed order),
         ``hedging``, ``first_chunk_timeout_seconds``, ``pipeline.min_success_rate`` (the
         policy's skip threshold), ``pipeline.probe_rate`` and ``pipeline.store`` /
-        ``store_url`` (see :func:`~langchain_fastpipe.pipeline.make_store`).
+        ``store_url`` (``memory``; ``sqlite`` with a file, default
+        ``fastpipe-strategies.sqlite3``; ``redis`` with its URL).
 
         Args:
             config: The configuration.

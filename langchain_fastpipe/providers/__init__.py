@@ -1,48 +1,19 @@
 """Provider adapters: pure payload building and reply parsing for OpenAI and Ollama.
 
-``get_provider("openai" | "ollama")`` returns the adapter; the chat model does the I/O.
-Also public here: the tool conversions the chat model binds with (:func:`convert_tools`,
-:func:`tool_choice_to_openai`) and the one resolution of a provider's default base URL
-and API key from the environment (:func:`env_base_url`, :func:`env_api_key`).
+``get_provider("openai" | "ollama")`` returns the adapter (a :class:`Provider`:
+:class:`OpenAIProvider` or :class:`OllamaProvider`); the chat model does the I/O. The
+decoders, tool conversions and environment lookups the chat model uses live in private
+modules.
 """
 
 from __future__ import annotations
 
 from langchain_fastpipe.errors import ConfigError
-from langchain_fastpipe.providers._base import (
-    ChatRequest,
-    Provider,
-    ProviderName,
-    StreamParser,
-    StreamParserBase,
-    WarmupRequest,
-    env_api_key,
-    env_base_url,
-)
-from langchain_fastpipe.providers._convert import convert_tools, tool_choice_to_openai
-from langchain_fastpipe.providers._decoders import NDJSONDecoder, SSEDecoder, SSEEvent
+from langchain_fastpipe.providers._base import Provider, ProviderName
 from langchain_fastpipe.providers._ollama import OllamaProvider
 from langchain_fastpipe.providers._openai import OpenAIProvider
 
-__all__ = [
-    "PROVIDERS",
-    "ChatRequest",
-    "NDJSONDecoder",
-    "OllamaProvider",
-    "OpenAIProvider",
-    "Provider",
-    "ProviderName",
-    "SSEDecoder",
-    "SSEEvent",
-    "StreamParser",
-    "StreamParserBase",
-    "WarmupRequest",
-    "convert_tools",
-    "env_api_key",
-    "env_base_url",
-    "get_provider",
-    "tool_choice_to_openai",
-]
+__all__ = ["OllamaProvider", "OpenAIProvider", "Provider", "get_provider"]
 
 #: The provider names, in the order error messages list them.
 PROVIDERS: tuple[ProviderName, ...] = ("openai", "ollama")

@@ -22,13 +22,8 @@ from langchain_core.messages import BaseMessage
 from langchain_fastpipe import cli
 from langchain_fastpipe.chat_models import ChatFastpipe
 from langchain_fastpipe.errors import LocalServerError
-from langchain_fastpipe.local import (
-    LocalModelServer,
-    build_command,
-    find_binary,
-    read_log_tail,
-    template_path,
-)
+from langchain_fastpipe.local import LocalModelServer, find_binary
+from langchain_fastpipe.local._server import build_command, read_log_tail, template_path
 from langchain_fastpipe.preload import ModelPreloader
 from langchain_fastpipe.prompts import FEW_SHOT_PROMPT
 

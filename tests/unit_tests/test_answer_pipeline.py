@@ -21,15 +21,17 @@ from langchain_fastpipe.config import FastpipeConfig
 from langchain_fastpipe.errors import AllStrategiesFailedError, ConfigError
 from langchain_fastpipe.pipeline import (
     AnswerPipeline,
-    Extraction,
     MemoryStore,
     RedisStore,
     SQLiteStore,
     Strategy,
     ThompsonPolicy,
-    direct_strategy,
     is_answer,
-    make_store,
+)
+from langchain_fastpipe.pipeline._store import make_store
+from langchain_fastpipe.pipeline._strategies import (
+    Extraction,
+    direct_strategy,
     normalize_input,
     parse_extraction,
 )

@@ -25,12 +25,8 @@ from langchain_fastpipe.errors import (
     RateLimitError,
     ServerError,
 )
-from langchain_fastpipe.providers import (
-    ChatRequest,
-    OllamaProvider,
-    OpenAIProvider,
-    get_provider,
-)
+from langchain_fastpipe.providers import OllamaProvider, OpenAIProvider, get_provider
+from langchain_fastpipe.providers._base import ChatRequest
 from langchain_fastpipe.providers._convert import (
     convert_tools,
     messages_to_ollama,

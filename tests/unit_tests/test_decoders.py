@@ -293,7 +293,8 @@ def test_unterminated_last_line_error_names_the_endpoint(provider: str) -> None:
     ("provider", "marker"), [("openai", "[DONE] or a finish_reason"), ("ollama", "its done line")]
 )
 def test_shared_parser_base_reports_truncation(provider: str, marker: str) -> None:
-    from langchain_fastpipe.providers import StreamParserBase, get_provider
+    from langchain_fastpipe.providers import get_provider
+    from langchain_fastpipe.providers._base import StreamParserBase
 
     parser = get_provider(provider).stream_parser(endpoint=ENDPOINT)
     assert isinstance(parser, StreamParserBase)

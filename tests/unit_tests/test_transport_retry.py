@@ -12,12 +12,13 @@ from langchain_fastpipe.errors import (
     EndpointTimeoutError,
     ProtocolViolationError,
 )
-from langchain_fastpipe.transport import RetryPolicy, parse_retry_after
+from langchain_fastpipe.transport import RetryPolicy
 from langchain_fastpipe.transport._retry import (
     backoff_delay,
     is_graceful_goaway,
     is_retryable_httpx_error,
     map_httpx_error,
+    parse_retry_after,
     retry_delay,
 )
 
