@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import re
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -108,3 +112,153 @@ def test_lazy_names_resolve_and_unknown_names_raise() -> None:
     assert set(langchain_fastpipe.__all__) <= set(dir(langchain_fastpipe))
     with pytest.raises(AttributeError, match="NoSuchThing"):
         langchain_fastpipe.NoSuchThing  # noqa: B018
+
+
+#: Each public module's ``__all__``: what a user imports from it. Everything else in these
+#: modules (and all of ``_bench``, ``pipeline._*``, ``providers._*``, ...) is private.
+PUBLIC_MODULES: dict[str, list[str]] = {
+    "langchain_fastpipe.bench": ["main"],
+    "langchain_fastpipe.cli": ["main"],
+    "langchain_fastpipe.config": [
+        "BackendSettings",
+        "FastpipeConfig",
+        "PerformanceOptimizations",
+        "PipelineSettings",
+        "PreloadSettings",
+        "get_config",
+        "set_config",
+    ],
+    "langchain_fastpipe.emulator": [
+        "EmulatorApp",
+        "EmulatorConfig",
+        "EmulatorServer",
+        "Fault",
+        "ModelProfile",
+    ],
+    "langchain_fastpipe.errors": [
+        "AllStrategiesFailedError",
+        "AuthenticationError",
+        "BadRequestError",
+        "CircuitOpenError",
+        "ConfigError",
+        "ContextLengthError",
+        "EndpointConnectError",
+        "EndpointTimeoutError",
+        "FastpipeError",
+        "FirstChunkTimeoutError",
+        "HTTPStatusError",
+        "InterChunkTimeoutError",
+        "LocalServerError",
+        "NotFoundError",
+        "PermissionDeniedError",
+        "PipelineError",
+        "PreloadError",
+        "ProtocolViolationError",
+        "RateLimitError",
+        "ResponseTooLargeError",
+        "ServerError",
+        "StrategyTimeoutError",
+        "StrategyValidationError",
+        "StreamStallError",
+        "TransportError",
+    ],
+    "langchain_fastpipe.local": ["LocalModelServer", "find_binary", "find_free_port"],
+    "langchain_fastpipe.pipeline": [
+        "AnswerPipeline",
+        "FixedOrderPolicy",
+        "MemoryStore",
+        "Outcome",
+        "RankedFallbacks",
+        "Ranking",
+        "RankingPolicy",
+        "RankingState",
+        "RedisStore",
+        "SQLiteStore",
+        "StatsStore",
+        "Strategy",
+        "StrategyStats",
+        "StrategyTimeoutError",
+        "StrategyValidationError",
+        "ThompsonPolicy",
+        "is_answer",
+    ],
+    "langchain_fastpipe.preload": [
+        "ModelPreloader",
+        "PreloadResult",
+        "PreloadStatus",
+        "Warmable",
+        "default_preloader",
+        "fastpipe_lifespan",
+        "preload",
+        "preload_sync",
+        "register",
+    ],
+    "langchain_fastpipe.prometheus": ["PrometheusCollector", "render_prometheus", "stats_app"],
+    "langchain_fastpipe.prompts": ["FEW_SHOT_PROMPT"],
+    "langchain_fastpipe.providers": [
+        "OllamaProvider",
+        "OpenAIProvider",
+        "Provider",
+        "get_provider",
+    ],
+    "langchain_fastpipe.stats": ["get_stats"],
+    "langchain_fastpipe.transport": [
+        "BreakerPolicy",
+        "BreakerRegistry",
+        "CircuitBreaker",
+        "EndpointConfig",
+        "PoolLimits",
+        "PooledClient",
+        "ResponseInfo",
+        "RetryPolicy",
+        "aclose_pools",
+        "get_pool",
+    ],
+}
+
+
+def _docstring(module: types.ModuleType, name: str) -> str:
+    """The object's own docstring; for a module-level instance, its ``#:`` comment."""
+    obj = getattr(module, name)
+    if inspect.isclass(obj):
+        doc = vars(obj).get("__doc__") or ""
+        # A dataclass without a docstring gets its signature as one: that is not a doc.
+        return "" if doc.startswith(f"{obj.__name__}(") else doc.strip()
+    if inspect.isroutine(obj):
+        return (obj.__doc__ or "").strip()
+    lines = inspect.getsource(module).splitlines()
+    for i, line in enumerate(lines):
+        if re.match(rf"{re.escape(name)}\s*[:=]", line):
+            comment: list[str] = []
+            while i and lines[i - 1].startswith("#:"):
+                i -= 1
+                comment.insert(0, lines[i].removeprefix("#:").strip())
+            return " ".join(comment)
+    return ""
+
+
+@pytest.mark.parametrize(("module_name", "expected"), sorted(PUBLIC_MODULES.items()))
+def test_public_modules_all_is_pinned_and_sorted(module_name: str, expected: list[str]) -> None:
+    module = importlib.import_module(module_name)
+    assert module.__all__ == expected
+    assert sorted(expected) == expected
+
+
+@pytest.mark.parametrize("module_name", sorted(PUBLIC_MODULES))
+def test_public_modules_names_exist_and_are_documented(module_name: str) -> None:
+    module = importlib.import_module(module_name)
+    assert (module.__doc__ or "").strip(), f"{module_name} has no module docstring"
+    for name in module.__all__:
+        assert hasattr(module, name), f"{module_name}.{name} does not exist"
+        assert _docstring(module, name), f"{module_name}.{name} has no docstring"
+
+
+def test_strategy_errors_are_in_the_one_tree_and_still_importable_from_the_pipeline() -> None:
+    from langchain_fastpipe import errors, pipeline
+
+    for name in ("StrategyTimeoutError", "StrategyValidationError"):
+        cls = getattr(errors, name)
+        assert getattr(pipeline, name) is cls
+        assert cls.__module__ == "langchain_fastpipe.errors"
+        assert issubclass(cls, errors.PipelineError)
+        assert name in (errors.__doc__ or "")  # drawn in the tree of the module docstring
