@@ -1,7 +1,7 @@
 """A fast OpenAI-compatible and Ollama server for client benchmarks (uvicorn + httptools).
 
 The package's emulator (hypercorn, pure Python) spends more CPU per request than the
-clients it measures, so every client looks alike against it (TRAPS 10). This server does
+clients it measures, so every client looks alike against it. This server does
 the least a server can: a raw ASGI app (no framework), reply bytes built once per model and
 token count, one ``send`` per token, on uvicorn's httptools HTTP/1.1 parser, one worker,
 ``uvloop`` when it is installed (asyncio otherwise), no access log, no lifespan. It runs

@@ -3,7 +3,7 @@
 Run: ``python benchmarks/bench_fastserver.py [--quick]`` (or ``make bench``). The server is
 ``_fast_server.py`` (uvicorn + httptools, one worker, in its own process): unlike the
 emulator it is cheaper per request than the clients, so what differs between rows is the
-clients' own cost (TRAPS 10). Every client runs with its default settings:
+clients' own cost (a slow server hides it). Every client runs with its default settings:
 
 - raw aiohttp: ``aiohttp.ClientSession()`` (at most 100 connections) and, as the ceiling a
   client can reach here, with ``TCPConnector(limit=256)``; raw httpx: ``httpx.AsyncClient()``;

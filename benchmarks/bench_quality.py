@@ -1,8 +1,8 @@
 """Answer quality of the real model, measured: the plain path against the optimized path.
 
-The origin report claims "87% answer quality maintained" without a method. This is the
-method: a fixed set of 30 short factual questions (``quality_questions.json``, each with its
-accepted answers), asked of the real llama-server + Gemma 3 270M at temperature 0 with the
+A claim such as "87% answer quality maintained" means nothing without a method. This is
+the method: a fixed set of 30 short factual questions (``quality_questions.json``, each with
+its accepted answers), asked of the real llama-server + Gemma 3 270M at temperature 0 with the
 package's few-shot prompt (``FEW_SHOT_PROMPT``, ``stop=["\\n"]``), over two paths:
 
 * plain: a fresh ChatFastpipe per question, no connection pooling, no streaming, no

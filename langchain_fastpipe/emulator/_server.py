@@ -308,7 +308,7 @@ class EmulatorServer:
         config.errorlog = _log
         # h1: "Connection: close" on the Nth response. h2: the GOAWAY is sent when request
         # N+1 arrives; that stream is not answered (hypercorn closes the h2 state), so
-        # clients must resend it on a new connection (TRAPS.md #3). None: never.
+        # clients must resend it on a new connection (python-hyper/h2#1181). None: never.
         config.keep_alive_max_requests = self.config.goaway_after or 2**62
         if self._certs is not None:
             config.certfile = self._certs.cert_path

@@ -34,7 +34,8 @@ PROMPT = "load test prompt"
 #: No GOAWAY during the load. Left unset, hypercorn's keep_alive_max_requests=1000 applies
 #: and its HTTP/2 GOAWAY aborts every stream in flight on the connection (h2 forbids
 #: sending after GOAWAY); streams already past their first byte must not be retried
-#: (TRAPS 9), so they fail. GOAWAY is covered by the fault matrix, not by this test.
+#: (a retry would repeat text the caller already has), so they fail. GOAWAY is covered by
+#: the fault matrix, not by this test.
 NO_GOAWAY = EmulatorConfig(goaway_after=10**9)
 
 
