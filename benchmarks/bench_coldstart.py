@@ -196,7 +196,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--loads", type=float, nargs="*", default=[3.0, 10.0])
     parser.add_argument("--no-real", action="store_true", help="skip the real model")
-    parser.add_argument("--rounds", type=int, default=5, help="real-model warm-start rounds")
+    parser.add_argument("--rounds", type=int, default=7, help="real-model warm-start rounds")
     parser.add_argument("--quick", action="store_true", help="one round, one emulator load")
     ns = parser.parse_args()
     loads = ns.loads[:1] if ns.quick else ns.loads
