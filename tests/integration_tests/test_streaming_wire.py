@@ -203,6 +203,9 @@ async def test_1000_cancelled_streams_leak_nothing(
 
     for _ in range(50):
         await asyncio.gather(*(one() for _ in range(20)))
+        # LangChain's nested generators finish closing on later loop turns: let a batch's
+        # streams leave before the next batch starts, so the peak counts one batch only.
+        assert await settle(lambda: in_flight(server) == 0)
     assert len(first_texts) == 1000
     assert await settle(lambda: in_flight(server) == 0)
     stats = pools_stats(server)
