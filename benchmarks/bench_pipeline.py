@@ -40,7 +40,7 @@ def chain(
     if not breaker:
         # Figure 1 is about ranking: keep the endpoint's circuit breaker from turning A's
         # 200 ms failures into instant ones (for with_fallbacks and ranked alike).
-        kwargs["breaker_failure_threshold"] = 1_000_000
+        kwargs["breaker_min_calls"] = 1_000_000
     llm = ChatFastpipe(
         model=model, base_url=server.openai_base_url, api_key="sk-bench", max_retries=0, **kwargs
     )

@@ -52,18 +52,15 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr
 from pydantic.v1 import BaseModel as BaseModelV1
 
 from langchain_fastpipe.errors import ConfigError
-from langchain_fastpipe.providers import (
-    PROVIDERS,
+from langchain_fastpipe.providers import PROVIDERS, Provider, get_provider
+from langchain_fastpipe.providers._base import (
     ChatRequest,
-    Provider,
     StreamParser,
     WarmupRequest,
-    convert_tools,
     env_api_key,
     env_base_url,
-    get_provider,
-    tool_choice_to_openai,
 )
+from langchain_fastpipe.providers._convert import convert_tools, tool_choice_to_openai
 from langchain_fastpipe.transport import (
     BreakerPolicy,
     EndpointConfig,
@@ -72,9 +69,8 @@ from langchain_fastpipe.transport import (
     ResponseInfo,
     RetryPolicy,
     get_pool,
-    redact_url,
 )
-from langchain_fastpipe.transport._config import quote_url
+from langchain_fastpipe.transport._config import quote_url, redact_url
 
 __all__ = ["ChatFastpipe", "set_preload_hook"]
 
@@ -129,6 +125,24 @@ def _reject_credentials(base_url: str) -> None:
             f"ChatFastpipe.base_url must not carry credentials ({shown!r}): pass the key as api_key"
         )
         raise ConfigError(msg)
+
+
+#: Fields of earlier versions, and what replaced them (they would be silently ignored).
+_REMOVED_FIELDS: Mapping[str, str] = {
+    "breaker_failure_threshold": (
+        "breaker_min_calls and breaker_failure_rate (breakers now judge the failure rate of "
+        "calls over breaker_window, per model)"
+    ),
+    "breaker_recovery_time": "breaker_cooldown (growing up to breaker_max_cooldown)",
+}
+
+
+def _reject_removed_fields(data: Mapping[str, Any]) -> None:
+    """Raise ConfigError for a field that no longer exists, naming its replacement."""
+    for name, replacement in _REMOVED_FIELDS.items():
+        if name in data:
+            msg = f"ChatFastpipe.{name} was removed (got {data[name]!r}): use {replacement}"
+            raise ConfigError(msg)
 
 
 def _endpoint_error(exc: ConfigError) -> ConfigError:
@@ -262,11 +276,26 @@ class ChatFastpipe(BaseChatModel):
     max_retries: int = 2
     """Retries of a failed request before any byte reached the caller."""
 
-    breaker_failure_threshold: int = 5
-    """Consecutive failures of the endpoint that open its circuit breaker."""
+    breaker_window: float = 30.0
+    """Seconds over which the circuit breaker of this model (per endpoint and model) judges
+    the failure rate of its calls; a call's retries count once."""
 
-    breaker_recovery_time: float = 30.0
-    """Seconds the endpoint's open breaker fails fast before letting a probe through."""
+    breaker_min_calls: int = 5
+    """Calls that must have ended within the window before the breaker may open."""
+
+    breaker_failure_rate: float = 0.5
+    """Fraction of those calls that failed (5xx, timeouts) that opens the breaker; the
+    endpoint-wide breaker counts connection failures the same way and blocks every model."""
+
+    breaker_cooldown: float = 2.0
+    """Seconds an open breaker fails fast (CircuitOpenError) before a probe call goes."""
+
+    breaker_max_cooldown: float = 60.0
+    """Longest cooldown: each time the breaker opens again while the failures go on, its
+    cooldown grows by ``breaker_cooldown_factor`` up to this."""
+
+    breaker_cooldown_factor: float = 2.0
+    """Growth of the cooldown each time the breaker opens again (>= 1)."""
 
     streaming: bool = False
     """When True, ``invoke`` streams and aggregates the chunks (callbacks get tokens)."""
@@ -326,6 +355,7 @@ class ChatFastpipe(BaseChatModel):
                 (the message names the field).
         """
         key_given = "api_key" in data or "openai_api_key" in data
+        _reject_removed_fields(data)
         super().__init__(**data)
         self._validate_config()
         if not key_given:
@@ -375,8 +405,12 @@ class ChatFastpipe(BaseChatModel):
             self.connect_timeout,
             self.verify,
             self.max_retries,
-            self.breaker_failure_threshold,
-            self.breaker_recovery_time,
+            self.breaker_window,
+            self.breaker_min_calls,
+            self.breaker_failure_rate,
+            self.breaker_cooldown,
+            self.breaker_max_cooldown,
+            self.breaker_cooldown_factor,
             self.pooling,
             self.engine,
         )
@@ -405,8 +439,12 @@ class ChatFastpipe(BaseChatModel):
                 verify=self.verify,
                 retry=RetryPolicy(max_retries=self.max_retries),
                 breaker=BreakerPolicy(
-                    failure_threshold=self.breaker_failure_threshold,
-                    recovery_time=float(self.breaker_recovery_time),
+                    window=float(self.breaker_window),
+                    min_calls=self.breaker_min_calls,
+                    failure_rate=float(self.breaker_failure_rate),
+                    cooldown=float(self.breaker_cooldown),
+                    max_cooldown=float(self.breaker_max_cooldown),
+                    cooldown_factor=float(self.breaker_cooldown_factor),
                 ),
                 pooling=self.pooling,
                 engine=cast(Any, self.engine),
@@ -539,13 +577,17 @@ class ChatFastpipe(BaseChatModel):
     async def awarmup(self) -> ResponseInfo:
         """Send :meth:`warmup_request` through the shared pool; returns its response info."""
         warm = self.warmup_request()
-        _, info = await self.pool.apost_json(warm.path, warm.payload, headers=self._headers())
+        _, info = await self.pool.apost_json(
+            warm.path, warm.payload, headers=self._headers(), model=warm.payload.get("model")
+        )
         return info
 
     def warmup(self) -> ResponseInfo:
         """Synchronous :meth:`awarmup`."""
         warm = self.warmup_request()
-        _, info = self.pool.post_json(warm.path, warm.payload, headers=self._headers())
+        _, info = self.pool.post_json(
+            warm.path, warm.payload, headers=self._headers(), model=warm.payload.get("model")
+        )
         return info
 
     # ------------------------------------------------------------------ results
@@ -573,7 +615,10 @@ class ChatFastpipe(BaseChatModel):
         pool = self.pool
         logger.debug("chat %s model=%s at %s", self.provider, payload["model"], pool.endpoint)
         body, info = pool.post_json(
-            self.provider_adapter.chat_path, payload, headers=self._headers()
+            self.provider_adapter.chat_path,
+            payload,
+            headers=self._headers(),
+            model=payload["model"],
         )
         result = self.provider_adapter.parse_response(body, endpoint=pool.endpoint)
         return self._finish_result(result, info)
@@ -591,7 +636,10 @@ class ChatFastpipe(BaseChatModel):
         pool = self.pool
         logger.debug("chat %s model=%s at %s", self.provider, payload["model"], pool.endpoint)
         body, info = await pool.apost_json(
-            self.provider_adapter.chat_path, payload, headers=self._headers()
+            self.provider_adapter.chat_path,
+            payload,
+            headers=self._headers(),
+            model=payload["model"],
         )
         result = self.provider_adapter.parse_response(body, endpoint=pool.endpoint)
         return self._finish_result(result, info)
@@ -609,7 +657,11 @@ class ChatFastpipe(BaseChatModel):
         info = ResponseInfo()
         core = _ChunkParser(self.provider_adapter.stream_parser(endpoint=pool.endpoint), info=info)
         source = pool.stream(
-            self.provider_adapter.chat_path, payload, headers=self._headers(), info=info
+            self.provider_adapter.chat_path,
+            payload,
+            headers=self._headers(),
+            info=info,
+            model=payload["model"],
         )
         with contextlib.closing(cast(Generator[bytes, None, None], source)):
             for data in source:  # read to the end: the connection goes back to the pool
@@ -635,7 +687,11 @@ class ChatFastpipe(BaseChatModel):
         info = ResponseInfo()
         core = _ChunkParser(self.provider_adapter.stream_parser(endpoint=pool.endpoint), info=info)
         source = pool.astream(
-            self.provider_adapter.chat_path, payload, headers=self._headers(), info=info
+            self.provider_adapter.chat_path,
+            payload,
+            headers=self._headers(),
+            info=info,
+            model=payload["model"],
         )
         async with contextlib.aclosing(cast(AsyncGenerator[bytes, None], source)):
             async for data in source:  # read to the end: the connection goes back to the pool

@@ -18,7 +18,7 @@ from typing import Any
 
 from langchain_fastpipe.prompts import FEW_SHOT_PROMPT
 
-__all__ = ["FEW_SHOT_PROMPT", "main"]
+__all__ = ["main"]
 
 DEMO_QUESTIONS = (
     "What is the capital of France?",

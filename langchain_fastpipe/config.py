@@ -78,15 +78,10 @@ if TYPE_CHECKING:
     from langchain_fastpipe.transport import EndpointConfig
 
 __all__ = [
-    "ENV_ALIASES",
-    "ENV_PREFIX",
-    "NON_CONFIG_ENV_VARS",
     "BackendSettings",
     "FastpipeConfig",
     "PerformanceOptimizations",
-    "PipelineOptions",
     "PipelineSettings",
-    "PreloadOptions",
     "PreloadSettings",
     "get_config",
     "set_config",
@@ -430,7 +425,8 @@ class FastpipeConfig(_Section):
         """
         if self.backend.base_url:
             return self.backend.base_url
-        from langchain_fastpipe.providers import env_base_url, get_provider
+        from langchain_fastpipe.providers import get_provider
+        from langchain_fastpipe.providers._base import env_base_url
 
         return env_base_url(get_provider(self.backend.provider), env)
 

@@ -9,7 +9,8 @@ so code that catches LangChain's errors (or ``with_fallbacks``) keeps working::
     ├── TransportError                           anything on the wire
     │   ├── EndpointConnectError (ModelConnectionError)   refused, reset, TLS failure
     │   ├── EndpointTimeoutError (ModelTimeoutError)      connect/read/pool timeout
-    │   ├── CircuitOpenError (ModelConnectionError)       breaker open: fails fast
+    │   ├── CircuitOpenError (ModelConnectionError)       breaker of the model or endpoint
+    │   │                                                 open: fails fast, cause = last error
     │   ├── ProtocolViolationError (ModelAPIError)        non-JSON, truncated, malformed
     │   │   └── ResponseTooLargeError                     body over the size limit
     │   └── HTTPStatusError (ModelAPIError)               a non-2xx reply (402, 405, ...)
@@ -28,6 +29,8 @@ so code that catches LangChain's errors (or ``with_fallbacks``) keeps working::
     ├── LocalServerError                          the managed llama-server: binary or model
     │                                             missing, or it never became healthy
     └── PipelineError
+        ├── StrategyValidationError (ValueError)  a strategy's output was rejected
+        ├── StrategyTimeoutError (TimeoutError)   a strategy did not finish in time
         └── AllStrategiesFailedError              every strategy failed; holds each cause
 
 Messages name the endpoint (scheme, host, port and path, never credentials) and the
@@ -37,6 +40,7 @@ field or value that was wrong. No error ever carries an API key.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 from langchain_core.exceptions import (
     ContextOverflowError,
@@ -72,9 +76,10 @@ __all__ = [
     "RateLimitError",
     "ResponseTooLargeError",
     "ServerError",
+    "StrategyTimeoutError",
+    "StrategyValidationError",
     "StreamStallError",
     "TransportError",
-    "status_error",
 ]
 
 
@@ -112,21 +117,55 @@ class EndpointTimeoutError(TransportError, ModelTimeoutError):
 
 
 class CircuitOpenError(TransportError, ModelConnectionError):
-    """The endpoint's circuit breaker is open, so the call failed fast.
+    """A circuit breaker is open, so the call failed fast without sending a request.
+
+    Raised by the breaker of the called model (its calls kept failing: 5xx, timeouts) or by
+    the endpoint-wide breaker (connections to the server kept failing), which refuses every
+    model of the endpoint. ``__cause__`` is the last real error the refusing breaker saw
+    (for example the :class:`ServerError` that opened it), without its traceback.
 
     Attributes:
-        retry_at: Monotonic time at which the breaker lets a probe through.
+        model: The model of the refused call (None for a call that named no model).
+        scope: ``"model"`` (the model's breaker refused) or ``"endpoint"`` (the
+            endpoint-wide breaker refused).
+        retry_at: Monotonic time (the breaker's clock) at which the next probe may go.
         retry_in: Seconds from the moment of the error until then.
     """
 
     is_retryable = True
 
-    def __init__(self, *, endpoint: str, retry_at: float, retry_in: float) -> None:
-        """Create the error for ``endpoint``, naming when it will be tried again."""
-        super().__init__(
-            f"circuit breaker open for {endpoint}: failing fast, next attempt in {retry_in:.2f}s",
-            endpoint=endpoint,
-        )
+    def __init__(
+        self,
+        *,
+        endpoint: str,
+        retry_at: float,
+        retry_in: float,
+        model: str | None = None,
+        scope: Literal["model", "endpoint"] = "model",
+        probing: bool = False,
+    ) -> None:
+        """Create the error for ``endpoint`` and ``model``, naming when the next probe goes.
+
+        Args:
+            endpoint: The redacted endpoint.
+            retry_at: Monotonic time at which the next probe may go.
+            retry_in: Seconds until then.
+            model: The model of the refused call, if it named one.
+            scope: Which breaker refused: the model's or the endpoint-wide one.
+            probing: The breaker is half-open and its probe calls are in flight.
+        """
+        called = f"model {model!r}" if model is not None else "this call"
+        if scope == "endpoint":
+            what = (
+                f"circuit breaker open for every model at {endpoint} (connections keep "
+                f"failing): failing fast for {called}"
+            )
+        else:
+            what = f"circuit breaker open for {called} at {endpoint}: failing fast"
+        when = "a probe call is in flight" if probing else f"next probe in {retry_in:.2f}s"
+        super().__init__(f"{what}, {when}", endpoint=endpoint)
+        self.model = model
+        self.scope = scope
         self.retry_at = retry_at
         self.retry_in = retry_in
 
@@ -308,6 +347,36 @@ class LocalServerError(FastpipeError):
 
 class PipelineError(FastpipeError):
     """A failure of the answer pipeline or of ranked fallbacks."""
+
+
+class StrategyValidationError(PipelineError, ValueError):
+    """A strategy's output was rejected by its validator (or it produced no output).
+
+    Attributes:
+        strategy: The strategy name.
+        reason: Why the output was rejected.
+    """
+
+    def __init__(self, strategy: str, reason: str) -> None:
+        """Create the error for ``strategy``."""
+        super().__init__(f"strategy {strategy!r}: {reason}")
+        self.strategy = strategy
+        self.reason = reason
+
+
+class StrategyTimeoutError(PipelineError, TimeoutError):
+    """A strategy did not finish within the total timeout.
+
+    Attributes:
+        strategy: The strategy name.
+        timeout: The limit in seconds.
+    """
+
+    def __init__(self, strategy: str, timeout: float) -> None:
+        """Create the error for ``strategy``."""
+        super().__init__(f"strategy {strategy!r} did not finish within {timeout:g}s")
+        self.strategy = strategy
+        self.timeout = timeout
 
 
 class AllStrategiesFailedError(PipelineError):

@@ -81,25 +81,15 @@ if TYPE_CHECKING:
     from langchain_fastpipe.config import FastpipeConfig
 
 __all__ = [
-    "PRELOAD_ENV",
-    "WARMUP_RUN_NAME",
     "ModelPreloader",
     "PreloadResult",
-    "PreloadSpec",
     "PreloadStatus",
     "Warmable",
     "default_preloader",
     "fastpipe_lifespan",
-    "find_prompts",
-    "parse_duration",
-    "parse_preload_env",
     "preload",
     "preload_sync",
-    "refresh_interval_for",
     "register",
-    "register_and_schedule",
-    "register_from_env",
-    "warmup_messages",
 ]
 
 logger = logging.getLogger(__name__)
@@ -572,8 +562,9 @@ class _LoopThread:
     """One long-lived event loop in a daemon thread, for async warm-ups from sync code.
 
     Async clients opened by a warm-up stay bound to this loop, which never closes while
-    the process runs, so their sockets stay usable and owned (TRAPS 5) instead of being
-    stranded on a throwaway ``asyncio.run()`` loop.
+    the process runs, so their sockets stay usable and owned instead of being stranded on
+    a throwaway ``asyncio.run()`` loop (a client reused after its loop closed fails with
+    "Event loop is closed", BerriAI/litellm#7667).
     """
 
     def __init__(self) -> None:

@@ -18,7 +18,16 @@ How a snapshot maps onto metrics (``prefix`` defaults to ``fastpipe``):
   ``pools -> {"http://h:1/v1": {"requests": 3}}`` gives
   ``fastpipe_pools_requests_total{endpoint="http://h:1/v1"} 3``;
 * lists of dicts use an identifying field (``endpoint``, ``model``, ``strategy``, ``name``)
-  as label, else their index; strings and None are skipped.
+  as label, else their index; strings and None are skipped;
+* circuit breakers (``pools -> <endpoint> -> breaker``, the endpoint-wide one and each
+  model's under ``models``) get their own families, labelled ``endpoint`` and ``model``
+  (``model="*"`` is the endpoint-wide breaker, which refuses every model while open):
+  ``fastpipe_breaker_state{endpoint=...,model=...,state="open"} 1`` (one sample per state,
+  1 for the current one), ``fastpipe_breaker_calls_in_window``,
+  ``fastpipe_breaker_failures_in_window``, ``fastpipe_breaker_failure_rate``,
+  ``fastpipe_breaker_cooldown_seconds`` (of the current open period),
+  ``fastpipe_breaker_retry_in_seconds`` (until the next probe) and the counter
+  ``fastpipe_breaker_times_opened_total``.
 """
 
 from __future__ import annotations
@@ -29,18 +38,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeGuard
 
-__all__ = [
-    "COUNTER_KEYS",
-    "LABEL_CONTAINERS",
-    "SOURCE_LABELS",
-    "MetricFamily",
-    "PrometheusCollector",
-    "Sample",
-    "collect_families",
-    "format_families",
-    "render_prometheus",
-    "stats_app",
-]
+__all__ = ["PrometheusCollector", "render_prometheus", "stats_app"]
 
 MetricType = Literal["counter", "gauge", "histogram"]
 
@@ -101,6 +99,21 @@ COUNTER_KEYS: frozenset[str] = frozenset(
         "extra_requests",
         "all_failed",
     }
+)
+
+#: The states of a circuit breaker: each gets a ``fastpipe_breaker_state`` sample.
+BREAKER_STATES: tuple[str, ...] = ("closed", "open", "half_open")
+
+#: The ``model`` label of the endpoint-wide breaker.
+ENDPOINT_WIDE = "*"
+
+#: Breaker snapshot keys exported as gauges: metric name (after the prefix) and help.
+_BREAKER_GAUGES: tuple[tuple[str, str, str], ...] = (
+    ("calls_in_window", "breaker_calls_in_window", "calls that ended within the window"),
+    ("failures_in_window", "breaker_failures_in_window", "failed calls within the window"),
+    ("failure_rate", "breaker_failure_rate", "failed / ended calls within the window"),
+    ("cooldown", "breaker_cooldown_seconds", "seconds of the current open period"),
+    ("retry_in", "breaker_retry_in_seconds", "seconds until the next probe may go"),
 )
 
 _ID_FIELDS = ("endpoint", "model", "strategy", "name", "id")
@@ -323,8 +336,73 @@ def collect_families(
         The families, sorted by name, each with at least one sample.
     """
     builder = _Builder(prefix)
-    builder.walk(snapshot, [], (), "")
+    breakers = list(_breaker_rows(snapshot))
+    builder.walk(_without_breakers(snapshot) if breakers else snapshot, [], (), "")
+    _add_breakers(builder, breakers)
     return [f for _, f in sorted(builder.families.items()) if f.samples]
+
+
+def _pool_breaker(stats: Any) -> Mapping[str, Any] | None:
+    """The ``breaker`` snapshot of one pool's stats, when it is one."""
+    breaker = stats.get("breaker") if isinstance(stats, Mapping) else None
+    if isinstance(breaker, Mapping) and isinstance(breaker.get("state"), str):
+        return breaker
+    return None
+
+
+def _breaker_rows(snapshot: Mapping[str, Any]) -> Iterator[tuple[str, str, Mapping[str, Any]]]:
+    """``(endpoint, model, breaker snapshot)`` of every breaker under ``pools``."""
+    pools = snapshot.get("pools")
+    if not isinstance(pools, Mapping):
+        return
+    for endpoint, stats in pools.items():
+        breaker = _pool_breaker(stats)
+        if breaker is None:
+            continue
+        yield str(endpoint), ENDPOINT_WIDE, breaker
+        models = breaker.get("models")
+        if isinstance(models, Mapping):
+            for model, state in models.items():
+                if isinstance(state, Mapping) and isinstance(state.get("state"), str):
+                    yield str(endpoint), str(model), state
+
+
+def _without_breakers(snapshot: Mapping[str, Any]) -> dict[str, Any]:
+    """``snapshot`` with the pools' ``breaker`` entries left out (they get own families)."""
+    pools = snapshot["pools"]
+    return {
+        **snapshot,
+        "pools": {
+            endpoint: (
+                {k: v for k, v in stats.items() if k != "breaker"}
+                if _pool_breaker(stats) is not None
+                else stats
+            )
+            for endpoint, stats in pools.items()
+        },
+    }
+
+
+def _add_breakers(builder: _Builder, rows: list[tuple[str, str, Mapping[str, Any]]]) -> None:
+    """Add the ``breaker_*`` families (see the module docstring) for ``rows``."""
+    help_prefix = "fastpipe circuit breaker per endpoint and model (model=* endpoint-wide):"
+    for endpoint, model, breaker in rows:
+        labels: Labels = (("endpoint", endpoint), ("model", model))
+        state = builder.family(["breaker", "state"], "gauge", f"{help_prefix} 1 = its state")
+        for name in BREAKER_STATES:
+            current = 1.0 if breaker.get("state") == name else 0.0
+            state.samples.append(Sample("", (*labels, ("state", name)), current))
+        for key, metric, text in _BREAKER_GAUGES:
+            value = breaker.get(key)
+            if _is_number(value):
+                family = builder.family([metric], "gauge", f"{help_prefix} {text}")
+                family.samples.append(Sample("", labels, float(value)))
+        opened = breaker.get("times_opened")
+        if _is_number(opened):
+            family = builder.family(
+                ["breaker", "times_opened"], "counter", f"{help_prefix} times it opened"
+            )
+            family.samples.append(Sample("", labels, float(opened)))
 
 
 def _format_value(value: float) -> str:

@@ -10,7 +10,7 @@ from langchain_core.prompts import ChatPromptTemplate
 
 __all__ = ["FEW_SHOT_PROMPT"]
 
-#: A few-shot prompt that makes a small base model answer in a few words (REAL-MODEL.md).
+#: A few-shot prompt that makes a small base model (Gemma 3 270M) answer in a few words.
 #: Its one input variable is ``question``. Use it with ``stop=["\n"]``: the local model
 #: ends its answer with a newline (see ``langchain_fastpipe/local/gemma_template.jinja``).
 FEW_SHOT_PROMPT = ChatPromptTemplate.from_messages(

@@ -7,39 +7,33 @@ Public names:
 - :func:`get_pool` returns the shared :class:`PooledClient` of a configuration;
   :class:`ResponseInfo` describes one call; :func:`aclose_pools` closes every pool's
   connections of the running event loop (await it before a loop you own ends).
-- :class:`CircuitBreaker`, the per-endpoint breaker behind ``PooledClient.breaker``.
-- :class:`EndpointStats`, the per-endpoint counters behind ``PooledClient.stats()``.
-- Helpers: :func:`parse_retry_after` (``Retry-After``/``retry-after-ms`` to seconds) and
-  :func:`redact_url` (``scheme://host:port/path``, safe for messages and logs).
+- :class:`BreakerRegistry` (``PooledClient.breakers``): one :class:`CircuitBreaker` per
+  model of the endpoint, plus the endpoint-wide one (``PooledClient.breaker``).
 
-Mechanics live in private modules.
+Mechanics live in private modules (among them the per-endpoint counters behind
+``PooledClient.stats()``, ``Retry-After`` parsing and URL redaction).
 """
 
 from __future__ import annotations
 
-from langchain_fastpipe.transport._breaker import CircuitBreaker
+from langchain_fastpipe.transport._breaker import BreakerRegistry, CircuitBreaker
 from langchain_fastpipe.transport._config import (
     BreakerPolicy,
     EndpointConfig,
     PoolLimits,
     RetryPolicy,
-    redact_url,
 )
 from langchain_fastpipe.transport._pool import PooledClient, ResponseInfo, aclose_pools, get_pool
-from langchain_fastpipe.transport._retry import parse_retry_after
-from langchain_fastpipe.transport._stats import EndpointStats
 
 __all__ = [
     "BreakerPolicy",
+    "BreakerRegistry",
     "CircuitBreaker",
     "EndpointConfig",
-    "EndpointStats",
     "PoolLimits",
     "PooledClient",
     "ResponseInfo",
     "RetryPolicy",
     "aclose_pools",
     "get_pool",
-    "parse_retry_after",
-    "redact_url",
 ]

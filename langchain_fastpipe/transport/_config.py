@@ -132,23 +132,58 @@ class RetryPolicy:
 
 @dataclass(frozen=True, kw_only=True)
 class BreakerPolicy:
-    """Circuit breaker settings of one endpoint.
+    """Circuit breaker settings, applied to each (endpoint, model) breaker of an endpoint.
+
+    A breaker judges *calls* (a call's retries are one outcome) by their failure rate over
+    a sliding window: once at least ``min_calls`` calls ended within the last ``window``
+    seconds and at least ``failure_rate`` of them failed, it opens. An open breaker fails
+    fast for its cooldown: ``cooldown`` seconds the first time, ``cooldown_factor`` times
+    longer each time it opens again while the failures go on (a failed probe, or opening
+    again within one window of closing), at most ``max_cooldown``. As soon as the
+    cooldown ends, up to ``half_open_max_calls`` probe calls go through; a probe's success
+    closes the breaker, its failure opens it again.
 
     Attributes:
-        failure_threshold: Consecutive failures (connect errors, timeouts, 5xx) that open it.
-        recovery_time: Seconds it stays open before letting probes through (half-open).
-        half_open_max_calls: Probes let through at once while half-open.
+        window: Seconds of call outcomes the failure rate is measured over.
+        min_calls: Calls that must have ended within the window before it may open.
+        failure_rate: Fraction of those calls (0 < rate <= 1) that must have failed.
+        cooldown: Seconds of the first cooldown (fail fast, then a half-open probe).
+        max_cooldown: Longest cooldown, however long the failures go on.
+        cooldown_factor: Growth of the cooldown each time it opens again (>= 1).
+        half_open_max_calls: Probe calls let through at once when the cooldown ends.
     """
 
-    failure_threshold: int = 5
-    recovery_time: float = 30.0
+    window: float = 30.0
+    min_calls: int = 5
+    failure_rate: float = 0.5
+    cooldown: float = 2.0
+    max_cooldown: float = 60.0
+    cooldown_factor: float = 2.0
     half_open_max_calls: int = 1
 
     def __post_init__(self) -> None:
-        """Validate the policy."""
-        _check_int("BreakerPolicy", "failure_threshold", self.failure_threshold, minimum=1)
-        _check_number("BreakerPolicy", "recovery_time", self.recovery_time,
+        """Validate the policy (messages name the field and quote the value)."""
+        _check_number("BreakerPolicy", "window", self.window, minimum=0, strict=True)
+        _check_int("BreakerPolicy", "min_calls", self.min_calls, minimum=1)
+        _check_number("BreakerPolicy", "failure_rate", self.failure_rate,
+                      minimum=0, strict=True)  # fmt: skip
+        if self.failure_rate > 1:
+            msg = (
+                "BreakerPolicy.failure_rate must be a fraction in (0, 1] (0.5 = half the "
+                f"calls), got {self.failure_rate!r}"
+            )
+            raise ConfigError(msg)
+        _check_number("BreakerPolicy", "cooldown", self.cooldown, minimum=0, strict=False)
+        _check_number("BreakerPolicy", "max_cooldown", self.max_cooldown,
                       minimum=0, strict=False)  # fmt: skip
+        if self.max_cooldown < self.cooldown:
+            msg = (
+                f"BreakerPolicy.max_cooldown must be >= BreakerPolicy.cooldown "
+                f"({self.cooldown!r}), got {self.max_cooldown!r}"
+            )
+            raise ConfigError(msg)
+        _check_number("BreakerPolicy", "cooldown_factor", self.cooldown_factor,
+                      minimum=1, strict=False)  # fmt: skip
         _check_int("BreakerPolicy", "half_open_max_calls", self.half_open_max_calls, minimum=1)
 
 
@@ -378,7 +413,7 @@ class EndpointConfig:
 
         Further requests wait in the pool's own FIFO gate (bounded by the pool timeout)
         instead of in httpcore's connection queue, whose cost grows with the number of
-        waiters (TRAPS 2). Over HTTP/2 it is ``limits.max_concurrent_streams`` (one
+        waiters (encode/httpx#3215). Over HTTP/2 it is ``limits.max_concurrent_streams`` (one
         connection per origin; more streams than the server allows are refused); over
         HTTP/1.1 it is ``limits.max_connections``. When the server declines HTTP/2 in
         ALPN, up to ``max_concurrent_streams - max_connections`` requests queue in

@@ -276,10 +276,12 @@ class AsyncGracefulHTTP2Connection(httpcore.AsyncHTTP2Connection):
         self._graceful = GracefulH2Connection(config=self.CONFIG)
         self._h2_state = self._graceful
         self._streams = _Streams(self._graceful)
+        self._set_up = False
 
     async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
         """Send ``request`` on a new stream (ConnectionNotAvailable after a GOAWAY)."""
-        if self._graceful.goaway_last_stream_id is not None:
+        await self._read_first(request)  # a GOAWAY that arrived is seen before sending
+        if self._graceful.goaway_last_stream_id is not None or self._connection_error:
             raise httpcore.ConnectionNotAvailable
         return await super().handle_async_request(request)
 
@@ -297,6 +299,7 @@ class AsyncGracefulHTTP2Connection(httpcore.AsyncHTTP2Connection):
         if self._graceful.goaway_last_stream_id is not None:
             raise self._not_available()  # the stream id was taken, the stream never sent
         self._streams.requests[stream_id] = request
+        self._set_up = True  # the preface and the stream limits are in place
         await super()._send_request_headers(request, stream_id)
 
     async def _wait_for_outgoing_flow(self, request: httpcore.Request, stream_id: int) -> int:
@@ -412,8 +415,8 @@ class AsyncGracefulHTTP2Connection(httpcore.AsyncHTTP2Connection):
         open, and reveals a GOAWAY before more new streams go out. A read failure here
         is the connection's (stored for its streams), not this write's.
         """
-        if not self._sent_connection_init:
-            return  # during the connection preface the stream limits are not set up yet
+        if not self._set_up:
+            return  # reading SETTINGS now would race the stream limits being set up
         for _ in range(_DRAIN_READS):
             if not self._network_stream.get_extra_info("is_readable"):
                 return
@@ -462,10 +465,12 @@ class GracefulHTTP2Connection(httpcore.HTTP2Connection):
         self._graceful = GracefulH2Connection(config=self.CONFIG)
         self._h2_state = self._graceful
         self._streams = _Streams(self._graceful)
+        self._set_up = False
 
     def handle_request(self, request: httpcore.Request) -> httpcore.Response:
         """Send ``request`` on a new stream (ConnectionNotAvailable after a GOAWAY)."""
-        if self._graceful.goaway_last_stream_id is not None:
+        self._read_first(request)
+        if self._graceful.goaway_last_stream_id is not None or self._connection_error:
             raise httpcore.ConnectionNotAvailable
         return super().handle_request(request)
 
@@ -481,6 +486,7 @@ class GracefulHTTP2Connection(httpcore.HTTP2Connection):
         if self._graceful.goaway_last_stream_id is not None:
             raise self._not_available()
         self._streams.requests[stream_id] = request
+        self._set_up = True  # the preface and the stream limits are in place
         super()._send_request_headers(request, stream_id)
 
     def _wait_for_outgoing_flow(self, request: httpcore.Request, stream_id: int) -> int:
@@ -575,7 +581,7 @@ class GracefulHTTP2Connection(httpcore.HTTP2Connection):
 
     def _read_first(self, request: httpcore.Request) -> None:
         """Sync :meth:`AsyncGracefulHTTP2Connection._read_first`."""
-        if not self._sent_connection_init:
+        if not self._set_up:
             return
         for _ in range(_DRAIN_READS):
             if not self._network_stream.get_extra_info("is_readable"):

@@ -10,12 +10,14 @@ and its sockets are closed directly. :func:`aclose_pools` closes the running loo
 clients of every pool properly; call it before a loop you own ends. The SSL context is
 built once per config and shared by every client.
 
-Each call goes: circuit breaker -> admission gate (at most ``config.admission_limit``
-requests inside httpx per event loop, the rest wait FIFO in an ``asyncio.Semaphore``, or
-a ``threading.BoundedSemaphore`` for sync calls, up to the pool timeout; a stream holds
-its slot until it is closed) -> attempt (with immediate replays of requests whose
-pooled connection turned out to be gone before any response header: graceful HTTP/2
-GOAWAY or the keep-alive race; at most ``GOAWAY_REPLAYS`` per call) -> on a retryable
+Each call goes: circuit breakers (the endpoint-wide one and the called model's, asked once
+per call and told the call's outcome once at its end, never per attempt) -> admission gate
+(at most ``config.admission_limit`` requests inside httpx per event loop, the rest wait
+FIFO in an ``asyncio.Semaphore``, or a ``threading.BoundedSemaphore`` for sync calls, up
+to the pool timeout; a stream holds its slot until it is closed) -> attempt (with
+immediate replays of requests whose pooled connection turned out to be gone before any
+response header: graceful HTTP/2 GOAWAY or the keep-alive race; at most
+``GOAWAY_REPLAYS`` per call) -> on a retryable
 failure, up to ``max_retries`` retries after full-jitter backoff or the server's
 Retry-After. A stream is retried only until its first body byte is handed to the caller;
 after that a failure raises a typed error.
@@ -23,7 +25,7 @@ after that a failure raises a typed error.
 The sync and async paths share everything but their I/O lines: a call is prepared once
 (:class:`_Call`), bodies go through :class:`_BodyCap`, failures are classified by
 :meth:`PooledClient._classify`, retry delays come from :class:`_BackoffWait` and breaker
-outcomes from :func:`_breaker_outcome`. The retry loop is tenacity's (``Retrying`` /
+verdicts from :func:`_breaker_outcome`. The retry loop is tenacity's (``Retrying`` /
 ``AsyncRetrying``) over the same strategy objects: ``stop_after_attempt``, the
 :class:`_BackoffWait` wait and the :func:`_should_retry` predicate.
 """
@@ -31,7 +33,6 @@ outcomes from :func:`_breaker_outcome`. The retry loop is tenacity's (``Retrying
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import random
 import ssl
@@ -55,8 +56,23 @@ from langchain_fastpipe.errors import (
 )
 from langchain_fastpipe.stats import registry
 from langchain_fastpipe.transport._aiohttp import aiohttp_transport
-from langchain_fastpipe.transport._breaker import CircuitBreaker
+from langchain_fastpipe.transport._breaker import (
+    IGNORED,
+    SUCCESS,
+    Admission,
+    BreakerRegistry,
+    CircuitBreaker,
+    Verdict,
+)
 from langchain_fastpipe.transport._config import EndpointConfig, RetryPolicy
+from langchain_fastpipe.transport._h2 import (
+    abort_dead_loop_client,
+    aclose_response,
+    async_transport,
+    close_response,
+    sync_transport,
+    transport_kwargs,
+)
 from langchain_fastpipe.transport._retry import (
     GOAWAY_REPLAYS,
     counts_as_breaker_failure,
@@ -78,7 +94,6 @@ T = TypeVar("T")
 _JSON_HEADERS: Final[Mapping[str, str]] = {"content-type": "application/json"}
 _ERROR_BODY_LIMIT: Final = 64 * 1024
 _MAX_CACHED_URLS: Final = 64  # parsed request URLs kept per pool (one per API path)
-_H2_CANCEL: Final = 0x8  # RST_STREAM error code CANCEL (RFC 9113, section 7)
 
 
 @dataclass
@@ -104,7 +119,9 @@ class _AttemptError(Exception):
     """One attempt failed: the typed error, what it means for retries and the breaker.
 
     ``alive`` says the endpoint did answer (a status or an oversized body): unless the
-    failure also counts against the breaker, the breaker records a success.
+    failure also counts against the breaker, the breakers record a success. ``connect``
+    says no connection could be opened (the server is down): a failure of the
+    endpoint-wide breaker rather than of the model's (see :func:`_breaker_outcome`).
     """
 
     def __init__(
@@ -115,6 +132,7 @@ class _AttemptError(Exception):
         breaker_failure: bool,
         alive: bool = False,
         retry_after: float | None = None,
+        connect: bool = False,
     ) -> None:
         super().__init__(str(error))
         self.error = error
@@ -122,6 +140,7 @@ class _AttemptError(Exception):
         self.breaker_failure = breaker_failure
         self.alive = alive
         self.retry_after = retry_after
+        self.connect = connect
 
 
 @dataclass(slots=True)
@@ -139,6 +158,8 @@ class _Call:
     replays: int = 0
     finished: bool = False  # the reply was read to its end
     release: Callable[[], None] | None = None  # frees the admission slot held, if any
+    model: str | None = None  # picks the model's circuit breaker
+    guard: _CallGuard | None = None  # the breakers' view of this call, once admitted
 
     def release_admission(self) -> None:
         """Free the pool admission slot this call holds (idempotent)."""
@@ -295,34 +316,64 @@ class _BackoffWait:
         return retry_delay(self._policy, state.attempt_number - 1, retry_after, self._rng)
 
 
-def _breaker_outcome(breaker: CircuitBreaker, failed: _AttemptError) -> Callable[[bool], None]:
-    """What a failed attempt tells the breaker: a failure, a success (alive) or nothing."""
+#: A connection could not be opened: the server is down (the endpoint-wide breaker).
+_SERVER_DOWN: Final = Verdict("failure", "ignored")
+#: A 5xx reply: the server is up, the model is failing.
+_MODEL_ERROR: Final = Verdict("success", "failure")
+#: A timeout or broken connection after connecting: the model (or server) is unhealthy.
+_MODEL_STALLED: Final = Verdict("ignored", "failure")
+#: A stream the peer cut after its headers (a GOAWAY, a recycling proxy): server was up.
+_STREAM_CUT: Final = Verdict("success", "ignored")
+
+
+def _breaker_outcome(failed: _AttemptError) -> Verdict:
+    """What a call that failed with ``failed`` tells the breakers.
+
+    Connect failures count against the endpoint-wide breaker only; 5xx replies, timeouts
+    and connections broken before the reply against the model's; other replies (4xx, an
+    oversized body) are successes; the rest (pool-admission timeouts, stale pooled
+    connections, local errors) prove nothing.
+    """
     if failed.breaker_failure:
-        return breaker.on_failure
-    return breaker.on_success if failed.alive else breaker.on_ignored
+        if failed.connect:
+            return _SERVER_DOWN
+        return _MODEL_ERROR if failed.alive else _MODEL_STALLED
+    return SUCCESS if failed.alive else IGNORED
 
 
-class _AttemptGuard:
-    """The breaker's view of one attempt (replays included): admitted once, reported once."""
+class _CallGuard:
+    """The breakers' view of one call, all its attempts together: admitted once, told once.
 
-    __slots__ = ("_breaker", "_outcome", "_probe")
+    The verdict is that of the call's last attempt (a success, or its classified failure);
+    a call that ends in a cancellation or a local error tells the breakers nothing.
+    """
 
-    def __init__(self, breaker: CircuitBreaker) -> None:
-        self._breaker = breaker
-        self._probe = breaker.before_call()  # raises CircuitOpenError when open
-        self._outcome: Callable[[bool], None] = breaker.on_ignored
+    __slots__ = ("_admission", "_error", "_verdict")
+
+    def __init__(self, admission: Admission) -> None:
+        self._admission = admission
+        self._verdict: Verdict = IGNORED
+        self._error: TransportError | None = None
 
     def succeeded(self) -> None:
-        """The attempt got its reply."""
-        self._outcome = self._breaker.on_success
+        """The last attempt got its reply."""
+        self._verdict, self._error = SUCCESS, None
 
     def failed(self, failed: _AttemptError) -> None:
-        """The attempt failed for good."""
-        self._outcome = _breaker_outcome(self._breaker, failed)
+        """The last attempt failed with ``failed``."""
+        self._verdict, self._error = _breaker_outcome(failed), failed.error
 
-    def report(self) -> None:
-        """Tell the breaker (cancellations and local errors tell it nothing)."""
-        self._outcome(self._probe)
+    def ended(self, verdict: Verdict, error: TransportError | None = None) -> None:
+        """The call ended with ``verdict`` after its attempts (a stream cut mid-body)."""
+        self._verdict, self._error = verdict, error
+
+    def report(self, exc: BaseException | None = None) -> None:
+        """Tell the breakers (only the first report counts); ``exc``: the call's end.
+
+        A call ending in a cancellation (not an :class:`Exception`) tells them nothing.
+        """
+        cancelled = exc is not None and not isinstance(exc, Exception)
+        self._admission.report(IGNORED if cancelled else self._verdict, self._error)
 
 
 class _Accounting:
@@ -354,128 +405,8 @@ def _identity(response: httpx.Response) -> bool:
     return encoding is None or encoding.strip().lower() in ("", "identity")
 
 
-def _h2_stream_target(response: httpx.Response) -> tuple[Any, int] | None:
-    """Httpcore's HTTP/2 connection and stream id behind ``response``, if it has one.
-
-    This walks private attributes of httpx/httpcore (``BoundStream -> ResponseStream ->
-    PoolByteStream -> HTTP2ConnectionByteStream``); when their layout changes it returns
-    None and early closes simply fall back to httpx's own behaviour.
-    """
-    stream_id = response.extensions.get("stream_id")
-    if not isinstance(stream_id, int):
-        return None
-    obj: Any = response.stream
-    for _ in range(6):
-        connection = getattr(obj, "_connection", None)
-        if connection is not None and hasattr(connection, "_h2_state"):
-            return connection, stream_id
-        obj = getattr(obj, "_stream", None) or getattr(obj, "_httpcore_stream", None)
-        if obj is None:
-            return None
-    return None
-
-
-def _h2_reset_if_open(connection: Any, stream_id: int) -> bool:
-    """Queue RST_STREAM(CANCEL) for a still-open HTTP/2 stream; True when one was queued."""
-    try:
-        state = connection._h2_state
-        stream = state.streams.get(stream_id)
-        if stream is None or stream.closed:
-            return False
-        state.reset_stream(stream_id, error_code=_H2_CANCEL)
-    except Exception:
-        return False
-    return True
-
-
-def _h2_reset(response: httpx.Response, *, finished: bool) -> Any | None:
-    """Queue a reset for an unfinished HTTP/2 stream; the connection to flush, or None.
-
-    Without the reset the server keeps the stream open (and sending), so early-closed
-    streams pile up until the connection runs out of stream slots (TRAPS 4). The reset
-    must be flushed before the started byte iterator is closed (that releases the stream).
-    """
-    if finished or response.http_version != "HTTP/2":
-        return None
-    target = _h2_stream_target(response)
-    if target is None or not _h2_reset_if_open(*target):
-        return None
-    return target[0]
-
-
-async def _aclose_response(response: httpx.Response, *, finished: bool, chunks: Any = None) -> None:
-    """Close a streamed response; an unfinished HTTP/2 stream is reset first."""
-    connection = _h2_reset(response, finished=finished)
-    if connection is not None:
-        with contextlib.suppress(Exception):
-            # httpcore reads only ``request.extensions["timeout"]`` here.
-            await connection._write_outgoing_data(response.request)
-    if chunks is not None:
-        await chunks.aclose()
-    await response.aclose()
-
-
-def _close_response(response: httpx.Response, *, finished: bool, chunks: Any = None) -> None:
-    """Sync :func:`_aclose_response`."""
-    connection = _h2_reset(response, finished=finished)
-    if connection is not None:
-        with contextlib.suppress(Exception):
-            connection._write_outgoing_data(response.request)
-    if chunks is not None:
-        chunks.close()
-    response.close()
-
-
-def _socket_transports(client: httpx.AsyncClient) -> list[Any]:
-    """The asyncio transports under ``client``'s pooled connections.
-
-    Walks private attributes (httpx client -> httpcore pool -> connection -> AnyIOStream
-    -> anyio TLSStream/SocketStream -> asyncio transport; for the aiohttp engine, the
-    session's connector); returns what it finds, ``[]`` when the layout differs.
-    """
-    found: list[Any] = []
-    transport = getattr(client, "_transport", None)
-    for conn in list(getattr(getattr(transport, "_pool", None), "_connections", None) or ()):
-        stream: Any = getattr(getattr(conn, "_connection", None), "_network_stream", None)
-        for _ in range(4):
-            if stream is None:
-                break
-            raw = getattr(stream, "_transport", None)
-            if raw is not None:
-                found.append(raw)
-                break
-            stream = getattr(stream, "_stream", None) or getattr(stream, "transport_stream", None)
-    session = getattr(transport, "client", None)
-    conns = getattr(getattr(session, "connector", None), "_conns", None)
-    if isinstance(conns, dict):
-        for queue in list(conns.values()):
-            for item in list(queue):
-                proto = item[0] if isinstance(item, tuple) else item
-                raw = getattr(proto, "transport", None)
-                if raw is not None:
-                    found.append(raw)
-    return found
-
-
-def _abort_dead_loop_client(client: httpx.AsyncClient) -> None:
-    """Close the sockets of a client whose event loop is closed (no await possible).
-
-    ``transport.abort()`` marks the transport closing, then fails scheduling its callback
-    on the closed loop; the socket is then closed directly, and forgotten by the
-    transport so its finalizer has nothing left to warn about.
-    """
-    for raw in _socket_transports(client):
-        with contextlib.suppress(Exception):
-            raw.abort()
-        sock = getattr(raw, "_sock", None)
-        if sock is not None:
-            with contextlib.suppress(Exception):
-                sock.close()
-                raw._sock = None
-
-
 def _build_ssl_context(config: EndpointConfig) -> ssl.SSLContext | None:
-    """The SSL context of an https endpoint, built once per config (TRAPS 7)."""
+    """The SSL context of an https endpoint, built once per config (ogx-ai/ogx#4221: ~11 ms)."""
     if not config.base_url.lower().startswith("https:"):
         return None
     if isinstance(config.verify, str):
@@ -525,7 +456,8 @@ class PooledClient:
     Attributes:
         config: The endpoint configuration.
         endpoint: The redacted ``scheme://host:port/path``.
-        breaker: The endpoint's circuit breaker.
+        breakers: The circuit breakers of the endpoint: one per model named by calls,
+            plus the endpoint-wide one (:attr:`breaker`).
     """
 
     def __init__(
@@ -543,7 +475,7 @@ class PooledClient:
 
         Args:
             config: The endpoint configuration.
-            clock: Monotonic clock of the circuit breaker.
+            clock: Monotonic clock of the circuit breakers.
             sleep: Async sleep used between retries.
             sync_sleep: Sync sleep used between retries.
             rng: Returns floats in ``[0, 1)`` for backoff jitter.
@@ -556,7 +488,7 @@ class PooledClient:
             raise ConfigError(msg)
         self.config = config
         self.endpoint = config.endpoint
-        self.breaker = CircuitBreaker(config.breaker, endpoint=self.endpoint, clock=clock)
+        self.breakers = BreakerRegistry(config.breaker, endpoint=self.endpoint, clock=clock)
         self._stats = EndpointStats(self.endpoint)
         self._sleep = sleep
         self._sync_sleep = sync_sleep
@@ -596,36 +528,42 @@ class PooledClient:
         """Name the redacted endpoint only."""
         return f"PooledClient(endpoint={self.endpoint!r}, pooling={self.config.pooling})"
 
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The endpoint-wide circuit breaker (while open it refuses every model).
+
+        Connect failures open it, and so do the failures of calls that name no model. A
+        model's own breaker is ``breakers.get(model)``.
+        """
+        return self.breakers.endpoint_breaker
+
     # -- clients ------------------------------------------------------------------------
 
     def _client_kwargs(self) -> dict[str, Any]:
         """Keyword arguments shared by every httpx client of this endpoint."""
-        cfg = self.config
-        kwargs: dict[str, Any] = {"timeout": self._timeout}
-        if self._ssl_context is not None:
-            kwargs["verify"] = self._ssl_context
-        if cfg.pooling:
-            kwargs["limits"] = self._limits
-            kwargs["http2"] = cfg.http2 or cfg.http2_prior_knowledge
-            kwargs["http1"] = not cfg.http2_prior_knowledge
-        else:
-            kwargs["limits"] = httpx.Limits(max_connections=1, max_keepalive_connections=0)
-        return kwargs
+        return {"timeout": self._timeout, **transport_kwargs(self.config, self._ssl_context)}
 
     def _new_async_client(self) -> httpx.AsyncClient:
-        """A new async client (MockTransport when injected; aiohttp when configured)."""
+        """A new async client (MockTransport when injected; aiohttp when configured).
+
+        The httpx engine's transport is :func:`~._h2.async_transport`'s (graceful GOAWAY).
+        """
         kwargs = self._client_kwargs()
         if self._async_transport is not None:
             kwargs["transport"] = self._async_transport
         elif self.config.async_engine == "aiohttp" and self.config.pooling:
             kwargs["transport"] = aiohttp_transport(self.config, self._ssl_context)
+        else:
+            kwargs["transport"] = async_transport(self.config, self._ssl_context)
         return httpx.AsyncClient(**kwargs)
 
     def _new_sync_client(self) -> httpx.Client:
-        """A new sync client (MockTransport when injected)."""
+        """A new sync client (MockTransport when injected; else :func:`~._h2.sync_transport`)."""
         kwargs = self._client_kwargs()
-        if self._transport is not None:
-            kwargs["transport"] = self._transport
+        transport = self._transport
+        if transport is None:
+            transport = sync_transport(self.config, self._ssl_context)
+        kwargs["transport"] = transport
         return httpx.Client(**kwargs)
 
     def _aclient(self) -> httpx.AsyncClient:
@@ -648,7 +586,7 @@ class PooledClient:
             for loop in [loop for loop in self._gates if loop.is_closed()]:
                 del self._gates[loop]
         for client in clients:
-            _abort_dead_loop_client(client)
+            abort_dead_loop_client(client)
         return len(clients)
 
     def _agate(self) -> asyncio.Semaphore:
@@ -757,6 +695,8 @@ class PooledClient:
         headers: Mapping[str, str] | None,
         timeout: float | None,
         info: ResponseInfo | None = None,
+        *,
+        model: str | None = None,
     ) -> _Call:
         """Everything the attempts of one call send, computed once."""
         return _Call(
@@ -768,6 +708,7 @@ class PooledClient:
             timeout=self._timeout_for(timeout),
             info=info if info is not None else ResponseInfo(),
             start=time.perf_counter(),
+            model=model,
         )
 
     @staticmethod
@@ -823,15 +764,20 @@ class PooledClient:
         error.__suppress_context__ = True
         return error
 
-    def _stream_failure(self, exc: httpx.HTTPError) -> TransportError:
+    def _stream_failure(self, exc: httpx.HTTPError, call: _Call) -> TransportError:
         """The typed error of a failure after body bytes reached the caller (no retry).
 
-        The headers had arrived, so a connection the peer dropped (a GOAWAY, a recycling
-        proxy) is not held against the endpoint; a timeout is.
+        The call's breakers are told at the stream's end: the headers had arrived, so a
+        connection the peer dropped (a GOAWAY, a recycling proxy) is not held against the
+        model; a timeout is.
         """
-        if counts_as_breaker_failure(exc, headers_received=True):
-            self.breaker.on_failure()
-        return self._typed(exc)
+        error = self._typed(exc)
+        if call.guard is not None:
+            if counts_as_breaker_failure(exc, headers_received=True):
+                call.guard.ended(_MODEL_STALLED, error)
+            else:
+                call.guard.ended(_STREAM_CUT)
+        return error
 
     def _classify(
         self, exc: httpx.HTTPError | _AttemptError, trace: RequestTrace, call: _Call
@@ -861,17 +807,19 @@ class PooledClient:
             self._typed(exc),
             retryable=stale or is_retryable_httpx_error(exc),
             breaker_failure=breaker_failure,
+            connect=isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)),
         )
 
-    def _after_failure(
-        self, exc: BaseException, trace: RequestTrace, call: _Call, guard: _AttemptGuard
-    ) -> None:
+    def _after_failure(self, exc: BaseException, trace: RequestTrace, call: _Call) -> None:
         """Return to resend at once (stale connection); else raise the attempt's failure.
 
         Anything but an httpx error or an attempt failure (cancellation, a bug) is
-        re-raised as it is.
+        re-raised as it is, and tells the call's breakers nothing.
         """
+        guard = call.guard
         if not isinstance(exc, (httpx.HTTPError, _AttemptError)):
+            if guard is not None:
+                guard.ended(IGNORED)
             raise exc
         failed = self._classify(exc, trace, call)
         if failed is None:
@@ -880,7 +828,8 @@ class PooledClient:
             # errored connection and re-raises it to later requests.
             forget_traceback(exc)
             return
-        guard.failed(failed)
+        if guard is not None:
+            guard.failed(failed)
         raise failed from None
 
     def _accounted(self, call: _Call) -> _Accounting:
@@ -910,6 +859,15 @@ class PooledClient:
         """Tenacity ``before_sleep`` hook: count one retry."""
         self._stats.count_retry()
 
+    def _guard(self, call: _Call) -> _CallGuard:
+        """Ask the breakers of ``call`` (endpoint-wide, then its model's) once: its guard.
+
+        Raises:
+            CircuitOpenError: A breaker refuses the call; nothing is sent.
+        """
+        guard = call.guard = _CallGuard(self.breakers.admit(call.model))
+        return guard
+
     async def _arun(
         self,
         call: _Call,
@@ -924,6 +882,10 @@ class PooledClient:
         its first attempt (:func:`_replay_first`), so waits, stops and retry counts are
         exactly those of a tenacity loop over every attempt.
 
+        The circuit breakers are asked once, before the first attempt, and told the
+        call's outcome once: here, unless ``keep_client`` (a stream) succeeded, whose
+        outcome the stream reports when it ends.
+
         Returns:
             The op's result and, when ``keep_client`` and pooling is off, the fresh client
             the caller must close.
@@ -931,24 +893,35 @@ class PooledClient:
         Raises:
             TransportError: The typed error of the last failure (or CircuitOpenError).
         """
+        guard = self._guard(call)
         try:
-            return await self._aattempt(call, op, keep_client=keep_client)
-        except _AttemptError as exc:
-            first = exc
-        if not self._may_retry(first):
-            raise first.error
-        # One AsyncRetrying per retried call: tenacity keeps per-run state on the object.
-        retrying = tenacity.AsyncRetrying(sleep=self._sleep, **self._retry_strategy())
-        attempt = _replay_first(first, self._aattempt)
-        try:
-            result: tuple[T, httpx.AsyncClient | None] = await retrying(
-                attempt, call, op, keep_client=keep_client
-            )
-        except _AttemptError as exc:
-            failed = exc
-        else:
-            return result
-        raise failed.error
+            try:
+                result: tuple[T, httpx.AsyncClient | None] = await self._aattempt(
+                    call, op, keep_client=keep_client
+                )
+            except _AttemptError as exc:
+                first = exc
+            else:
+                if not keep_client:
+                    guard.report()
+                return result
+            if not self._may_retry(first):
+                raise first.error
+            # One AsyncRetrying per retried call: tenacity keeps per-run state on the object.
+            retrying = tenacity.AsyncRetrying(sleep=self._sleep, **self._retry_strategy())
+            attempt = _replay_first(first, self._aattempt)
+            try:
+                result = await retrying(attempt, call, op, keep_client=keep_client)
+            except _AttemptError as exc:
+                failed = exc
+            else:
+                if not keep_client:
+                    guard.report()
+                return result
+            raise failed.error
+        except BaseException as exc:
+            guard.report(exc)
+            raise
 
     def _run(
         self,
@@ -958,23 +931,34 @@ class PooledClient:
         keep_client: bool = False,
     ) -> tuple[T, httpx.Client | None]:
         """Sync :meth:`_arun` (a :class:`tenacity.Retrying` with the same strategies)."""
+        guard = self._guard(call)
         try:
-            return self._attempt(call, op, keep_client=keep_client)
-        except _AttemptError as exc:
-            first = exc
-        if not self._may_retry(first):
-            raise first.error
-        retrying = tenacity.Retrying(sleep=self._sync_sleep, **self._retry_strategy())
-        attempt = _replay_first_sync(first, self._attempt)
-        try:
-            result: tuple[T, httpx.Client | None] = retrying(
-                attempt, call, op, keep_client=keep_client
-            )
-        except _AttemptError as exc:
-            failed = exc
-        else:
-            return result
-        raise failed.error
+            try:
+                result: tuple[T, httpx.Client | None] = self._attempt(
+                    call, op, keep_client=keep_client
+                )
+            except _AttemptError as exc:
+                first = exc
+            else:
+                if not keep_client:
+                    guard.report()
+                return result
+            if not self._may_retry(first):
+                raise first.error
+            retrying = tenacity.Retrying(sleep=self._sync_sleep, **self._retry_strategy())
+            attempt = _replay_first_sync(first, self._attempt)
+            try:
+                result = retrying(attempt, call, op, keep_client=keep_client)
+            except _AttemptError as exc:
+                failed = exc
+            else:
+                if not keep_client:
+                    guard.report()
+                return result
+            raise failed.error
+        except BaseException as exc:
+            guard.report(exc)
+            raise
 
     def _may_retry(self, failed: _AttemptError) -> bool:
         """Whether a failed first attempt leads to a retry (the retry loop is needed)."""
@@ -987,35 +971,34 @@ class PooledClient:
         *,
         keep_client: bool,
     ) -> tuple[T, httpx.AsyncClient | None]:
-        """One attempt through the breaker, with immediate stale-connection replays.
+        """One attempt, with immediate stale-connection replays.
 
         Each try first waits for an admission slot (:meth:`_aadmit`); a failed try frees
         it. ``keep_client`` (a stream): the caller keeps the slot, and the fresh client
-        when pooling is off, until the stream is closed; otherwise both go at once.
+        when pooling is off, until the stream is closed; otherwise both go at once. The
+        attempt's outcome is noted on the call's guard (the breakers hear it once, from
+        :meth:`_arun`).
         """
-        guard = _AttemptGuard(self.breaker)
-        try:
-            while True:
-                trace = self._begin(call)
-                owned = None if self.config.pooling else self._new_async_client()
-                try:
-                    await self._aadmit(call)
-                    result = await op(owned or self._aclient(), trace)
-                except BaseException as exc:
-                    call.release_admission()
-                    if owned is not None:
-                        await owned.aclose()
-                    self._after_failure(exc, trace, call, guard)
-                    continue
-                guard.succeeded()
-                if not keep_client:
-                    call.release_admission()
-                if owned is not None and not keep_client:
+        while True:
+            trace = self._begin(call)
+            owned = None if self.config.pooling else self._new_async_client()
+            try:
+                await self._aadmit(call)
+                result = await op(owned or self._aclient(), trace)
+            except BaseException as exc:
+                call.release_admission()
+                if owned is not None:
                     await owned.aclose()
-                    owned = None
-                return result, owned
-        finally:
-            guard.report()
+                self._after_failure(exc, trace, call)
+                continue
+            if call.guard is not None:
+                call.guard.succeeded()
+            if not keep_client:
+                call.release_admission()
+            if owned is not None and not keep_client:
+                await owned.aclose()
+                owned = None
+            return result, owned
 
     def _attempt(
         self,
@@ -1025,29 +1008,26 @@ class PooledClient:
         keep_client: bool,
     ) -> tuple[T, httpx.Client | None]:
         """Sync :meth:`_aattempt`."""
-        guard = _AttemptGuard(self.breaker)
-        try:
-            while True:
-                trace = self._begin(call)
-                owned = None if self.config.pooling else self._new_sync_client()
-                try:
-                    self._admit(call)
-                    result = op(owned or self._client(), trace)
-                except BaseException as exc:
-                    call.release_admission()
-                    if owned is not None:
-                        owned.close()
-                    self._after_failure(exc, trace, call, guard)
-                    continue
-                guard.succeeded()
-                if not keep_client:
-                    call.release_admission()
-                if owned is not None and not keep_client:
+        while True:
+            trace = self._begin(call)
+            owned = None if self.config.pooling else self._new_sync_client()
+            try:
+                self._admit(call)
+                result = op(owned or self._client(), trace)
+            except BaseException as exc:
+                call.release_admission()
+                if owned is not None:
                     owned.close()
-                    owned = None
-                return result, owned
-        finally:
-            guard.report()
+                self._after_failure(exc, trace, call)
+                continue
+            if call.guard is not None:
+                call.guard.succeeded()
+            if not keep_client:
+                call.release_admission()
+            if owned is not None and not keep_client:
+                owned.close()
+                owned = None
+            return result, owned
 
     # -- JSON requests ------------------------------------------------------------------
 
@@ -1060,9 +1040,10 @@ class PooledClient:
         timeout: float | None,
         *,
         parse: bool = True,
+        model: str | None = None,
     ) -> tuple[Any, ResponseInfo]:
         """Send a request, read its whole (bounded) body, retry when allowed."""
-        call = self._prepare(method, path, content, headers, timeout)
+        call = self._prepare(method, path, content, headers, timeout, model=model)
 
         async def op(client: httpx.AsyncClient, trace: RequestTrace) -> bytes:
             response = await client.send(self._build(client, call, trace.atrace), stream=True)
@@ -1090,9 +1071,10 @@ class PooledClient:
         timeout: float | None,
         *,
         parse: bool = True,
+        model: str | None = None,
     ) -> tuple[Any, ResponseInfo]:
         """Sync :meth:`_arequest_json`."""
-        call = self._prepare(method, path, content, headers, timeout)
+        call = self._prepare(method, path, content, headers, timeout, model=model)
 
         def op(client: httpx.Client, trace: RequestTrace) -> bytes:
             response = client.send(self._build(client, call, trace.trace), stream=True)
@@ -1118,6 +1100,7 @@ class PooledClient:
         *,
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        model: str | None = None,
     ) -> tuple[dict[str, Any], ResponseInfo]:
         """POST ``payload`` as JSON and return the JSON object of the reply.
 
@@ -1126,12 +1109,14 @@ class PooledClient:
             payload: The JSON body.
             headers: Extra headers (e.g. ``Authorization``); never logged or put in errors.
             timeout: Per-call read/write/pool timeout in seconds (default: the config's).
+            model: The model called: picks its circuit breaker, so a failing model does
+                not block the others. None: the endpoint-wide breaker only.
 
         Returns:
             The reply object and its :class:`ResponseInfo`.
 
         Raises:
-            CircuitOpenError: The endpoint's breaker is open.
+            CircuitOpenError: The model's breaker, or the endpoint-wide one, is open.
             HTTPStatusError: A non-2xx reply (the subclass matching the status).
             EndpointConnectError: The connection failed (after retries).
             EndpointTimeoutError: A timeout expired (after retries).
@@ -1139,7 +1124,7 @@ class PooledClient:
             ResponseTooLargeError: The reply exceeded ``max_response_bytes``.
         """
         content = encode_payload(payload)
-        data, info = await self._arequest_json("POST", path, content, headers, timeout)
+        data, info = await self._arequest_json("POST", path, content, headers, timeout, model=model)
         return data, info
 
     def post_json(
@@ -1149,10 +1134,11 @@ class PooledClient:
         *,
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        model: str | None = None,
     ) -> tuple[dict[str, Any], ResponseInfo]:
         """Sync :meth:`apost_json`: POST JSON, return the reply object and its info."""
         content = encode_payload(payload)
-        data, info = self._request_json("POST", path, content, headers, timeout)
+        data, info = self._request_json("POST", path, content, headers, timeout, model=model)
         return data, info
 
     async def aget(
@@ -1212,6 +1198,7 @@ class PooledClient:
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
         info: ResponseInfo | None = None,
+        model: str | None = None,
     ) -> AsyncIterator[bytes]:
         """POST ``payload`` as JSON and yield the reply body's byte chunks as they arrive.
 
@@ -1227,30 +1214,31 @@ class PooledClient:
             headers: Extra headers (e.g. ``Authorization``).
             timeout: Per-call read/write/pool timeout in seconds.
             info: Filled in as the reply arrives (status and version after headers).
+            model: The model called (its circuit breaker, as in :meth:`apost_json`); the
+                breakers hear the stream's outcome when it ends.
 
         Yields:
             Decoded (not decompressed-twice) body bytes, in the server's chunking.
         """
-        call = self._prepare("POST", path, encode_payload(payload), headers, timeout, info)
+        call = self._prepare(
+            "POST", path, encode_payload(payload), headers, timeout, info, model=model
+        )
 
         async def op(client: httpx.AsyncClient, trace: RequestTrace) -> _OpenStream:
             response = await client.send(self._build(client, call, trace.atrace), stream=True)
-            finished = False
             try:
                 cap = self._on_headers(response, call, trace)
                 if not cap.ok:
                     async for chunk in response.aiter_bytes():
                         if not cap.feed(chunk):
                             break
-                    finished = cap.complete
                     raise self._status(response, call, cap)
                 chunks = response.aiter_raw() if _identity(response) else response.aiter_bytes()
                 first = await anext(chunks, None)
-                finished = first is None
                 call.info.time_to_first_byte = time.perf_counter() - call.start
                 return _OpenStream(response, chunks, first)
             except BaseException:
-                await _aclose_response(response, finished=finished)
+                await aclose_response(response)
                 raise
 
         with self._accounted(call):
@@ -1268,18 +1256,18 @@ class PooledClient:
                         async for chunk in started.chunks:
                             yield chunk
                     except httpx.HTTPError as exc:
-                        cut = self._stream_failure(exc)
+                        cut = self._stream_failure(exc, call)
                     if cut is not None:
                         raise cut
                     call.finished = True
             finally:
                 if opened is not None:
-                    await _aclose_response(
-                        opened.response, finished=call.finished, chunks=opened.chunks
-                    )
+                    await aclose_response(opened.response, opened.chunks)
                 if owned is not None:
                     await owned.aclose()
                 call.release_admission()
+                if call.guard is not None:
+                    call.guard.report()  # a stream that was opened: its end, once
 
     def stream(
         self,
@@ -1289,28 +1277,28 @@ class PooledClient:
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
         info: ResponseInfo | None = None,
+        model: str | None = None,
     ) -> Iterator[bytes]:
         """Sync :meth:`astream`: a generator of body byte chunks, same guarantees."""
-        call = self._prepare("POST", path, encode_payload(payload), headers, timeout, info)
+        call = self._prepare(
+            "POST", path, encode_payload(payload), headers, timeout, info, model=model
+        )
 
         def op(client: httpx.Client, trace: RequestTrace) -> _OpenStream:
             response = client.send(self._build(client, call, trace.trace), stream=True)
-            finished = False
             try:
                 cap = self._on_headers(response, call, trace)
                 if not cap.ok:
                     for chunk in response.iter_bytes():
                         if not cap.feed(chunk):
                             break
-                    finished = cap.complete
                     raise self._status(response, call, cap)
                 chunks = response.iter_raw() if _identity(response) else response.iter_bytes()
                 first = next(chunks, None)
-                finished = first is None
                 call.info.time_to_first_byte = time.perf_counter() - call.start
                 return _OpenStream(response, chunks, first)
             except BaseException:
-                _close_response(response, finished=finished)
+                close_response(response)
                 raise
 
         return self._stream_body(call, op)
@@ -1333,16 +1321,18 @@ class PooledClient:
                     try:
                         yield from started.chunks
                     except httpx.HTTPError as exc:
-                        cut = self._stream_failure(exc)
+                        cut = self._stream_failure(exc, call)
                     if cut is not None:
                         raise cut
                     call.finished = True
             finally:
                 if opened is not None:
-                    _close_response(opened.response, finished=call.finished, chunks=opened.chunks)
+                    close_response(opened.response, opened.chunks)
                 if owned is not None:
                     owned.close()
                 call.release_admission()
+                if call.guard is not None:
+                    call.guard.report()  # a stream that was opened: its end, once
 
     # -- warm-up, stats, closing --------------------------------------------------------
 
@@ -1395,8 +1385,13 @@ class PooledClient:
             raise error
 
     def stats(self) -> dict[str, Any]:
-        """This endpoint's statistics (JSON-serializable), breaker state included."""
-        return self._stats.snapshot(self.breaker.snapshot())
+        """This endpoint's statistics (JSON-serializable), breaker states included.
+
+        ``stats()["breaker"]`` is the endpoint-wide breaker's state, window counts and
+        cooldown, with every model's under ``"models"`` (see
+        :meth:`~._breaker.BreakerRegistry.snapshot`).
+        """
+        return self._stats.snapshot(self.breakers.snapshot())
 
     async def aclose_loop(self) -> None:
         """Close the async client of the running loop (and forget those of closed loops).

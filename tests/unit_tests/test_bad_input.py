@@ -167,8 +167,8 @@ def test_endpoint_config_rejects_invalid_url(url: str) -> None:
         (lambda: RetryPolicy(max_backoff=-1.0), "max_backoff"),
         (lambda: RetryPolicy(retry_after_cap=math.inf), "retry_after_cap"),
         (lambda: RetryPolicy(retry_statuses=frozenset({"x"})), "retry_statuses"),  # type: ignore[arg-type]
-        (lambda: BreakerPolicy(failure_threshold=0), "failure_threshold"),
-        (lambda: BreakerPolicy(recovery_time=-1.0), "recovery_time"),
+        (lambda: BreakerPolicy(min_calls=0), "min_calls"),
+        (lambda: BreakerPolicy(cooldown=-1.0), "cooldown"),
         (lambda: BreakerPolicy(half_open_max_calls=0), "half_open_max_calls"),
         (lambda: EndpointConfig(base_url="http://h", timeout=0), "timeout"),
         (lambda: EndpointConfig(base_url="http://h", connect_timeout=-1), "connect_timeout"),

@@ -23,7 +23,7 @@ from langchain_fastpipe.chat_models import (
 )
 from langchain_fastpipe.errors import ConfigError
 from langchain_fastpipe.providers import OpenAIProvider
-from langchain_fastpipe.transport import ResponseInfo
+from langchain_fastpipe.transport import BreakerPolicy, ResponseInfo
 
 URL = "http://127.0.0.1:9/v1"
 
@@ -56,7 +56,10 @@ def make(**kw: Any) -> ChatFastpipe:
         ("base_url", "not a url", r"ChatFastpipe\.base_url must use http or https"),
         ("base_url", "http:///v1", r"ChatFastpipe\.base_url has no host"),
         ("connect_timeout", 0, r"ChatFastpipe\.connect_timeout must be > 0"),
-        ("breaker_failure_threshold", 0, r"ChatFastpipe\.breaker_failure_threshold must be >= 1"),
+        ("breaker_min_calls", 0, r"ChatFastpipe\.breaker_min_calls must be >= 1, got 0"),
+        ("breaker_failure_rate", 1.5, r"ChatFastpipe\.breaker_failure_rate .*got 1\.5"),
+        ("breaker_max_cooldown", 1.0, r"ChatFastpipe\.breaker_max_cooldown must be >= Chat"),
+        ("breaker_failure_threshold", 5, r"breaker_failure_threshold was removed \(got 5\)"),
         ("base_url", "http://host:99999/v1", r"ChatFastpipe\.base_url is not a valid URL"),
         ("timeout", 0, r"ChatFastpipe\.timeout must be > 0"),
         ("max_retries", -1, r"ChatFastpipe\.max_retries must be >= 0"),
@@ -209,11 +212,14 @@ def test_pool_is_cached_on_the_instance(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_new_fields_reach_the_endpoint_config() -> None:
-    config = make(connect_timeout=1.5, breaker_failure_threshold=9,
-                  breaker_recovery_time=2.0).endpoint_config  # fmt: skip
+    config = make(connect_timeout=1.5, breaker_min_calls=9, breaker_window=12.0,
+                  breaker_failure_rate=0.25, breaker_cooldown=0.5, breaker_max_cooldown=8.0,
+                  breaker_cooldown_factor=3.0).endpoint_config  # fmt: skip
     assert config.connect_timeout == 1.5
-    assert config.breaker.failure_threshold == 9
-    assert config.breaker.recovery_time == 2.0
+    assert config.breaker == BreakerPolicy(
+        window=12.0, min_calls=9, failure_rate=0.25, cooldown=0.5, max_cooldown=8.0,
+        cooldown_factor=3.0,
+    )  # fmt: skip
 
 
 def test_preload_hook_called_only_when_asked() -> None:

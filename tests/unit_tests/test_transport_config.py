@@ -16,8 +16,8 @@ from langchain_fastpipe.transport import (
     PoolLimits,
     RetryPolicy,
     get_pool,
-    redact_url,
 )
+from langchain_fastpipe.transport._config import redact_url
 
 SECRET = "sk-supersecret-123"
 
@@ -45,8 +45,9 @@ def test_defaults_match_contract() -> None:
     assert cfg.retry.max_retries == 2
     assert cfg.retry.retry_statuses == frozenset({408, 409, 429, 500, 502, 503, 504})
     assert cfg.breaker == BreakerPolicy(
-        failure_threshold=5, recovery_time=30.0, half_open_max_calls=1
-    )
+        window=30.0, min_calls=5, failure_rate=0.5, cooldown=2.0, max_cooldown=60.0,
+        cooldown_factor=2.0, half_open_max_calls=1,
+    )  # fmt: skip
     assert cfg.http2 is True
     assert cfg.http2_prior_knowledge is False
     assert cfg.pooling is True
@@ -100,7 +101,7 @@ def test_bad_url_error_redacts_userinfo() -> None:
         (lambda: RetryPolicy(max_retries=-1), "max_retries"),
         (lambda: RetryPolicy(initial_backoff=float("nan")), "initial_backoff"),
         (lambda: RetryPolicy(retry_statuses={"x"}), "retry_statuses"),
-        (lambda: BreakerPolicy(failure_threshold=0), "failure_threshold"),
+        (lambda: BreakerPolicy(min_calls=0), "min_calls"),
         (lambda: BreakerPolicy(half_open_max_calls=0), "half_open_max_calls"),
         (lambda: EndpointConfig(base_url="http://h", timeout=0), "timeout"),
         (lambda: EndpointConfig(base_url="http://h", connect_timeout=-1), "connect_timeout"),

@@ -72,7 +72,7 @@ def make_pool(
     cfg = EndpointConfig(
         base_url=BASE,
         retry=retry or RetryPolicy(),
-        breaker=breaker or BreakerPolicy(failure_threshold=100),
+        breaker=breaker or BreakerPolicy(min_calls=1000),
         **config,  # type: ignore[arg-type]
     )
     kwargs: dict[str, object] = {}
@@ -282,7 +282,7 @@ async def test_breaker_opens_fails_fast_and_recovers() -> None:
         handler,
         retry=RetryPolicy(max_retries=0),
         clock=clock,
-        breaker=BreakerPolicy(failure_threshold=2, recovery_time=10.0),
+        breaker=BreakerPolicy(min_calls=2, cooldown=10.0),
     )
     for _ in range(2):
         with pytest.raises(ServerError):
@@ -291,6 +291,7 @@ async def test_breaker_opens_fails_fast_and_recovers() -> None:
         await pool.apost_json("/x", {})
     assert info.value.retry_in == 10.0
     assert info.value.endpoint == ENDPOINT
+    assert isinstance(info.value.__cause__, ServerError)
     assert len(seen) == 2  # failed fast: nothing sent
     assert pool.stats()["breaker"]["state"] == "open"
     clock.now = 10.0
@@ -301,7 +302,7 @@ async def test_breaker_opens_fails_fast_and_recovers() -> None:
 
 async def test_client_errors_do_not_open_breaker() -> None:
     handler, seen = sequence(httpx.Response(404))
-    pool, _ = make_pool(handler, breaker=BreakerPolicy(failure_threshold=1))
+    pool, _ = make_pool(handler, breaker=BreakerPolicy(min_calls=1))
     for _ in range(3):
         with pytest.raises(Exception, match="404"):
             await pool.apost_json("/x", {})
@@ -309,15 +310,18 @@ async def test_client_errors_do_not_open_breaker() -> None:
     assert pool.breaker.state == "closed"
 
 
-async def test_open_breaker_is_not_retried() -> None:
+async def test_breaker_is_asked_once_per_call_not_per_retry() -> None:
     handler, seen = sequence(httpx.ConnectError("refused"))
     pool, rec = make_pool(
-        handler, retry=RetryPolicy(max_retries=5), breaker=BreakerPolicy(failure_threshold=2)
+        handler, retry=RetryPolicy(max_retries=5), breaker=BreakerPolicy(min_calls=1)
     )
-    with pytest.raises(CircuitOpenError):
+    with pytest.raises(EndpointConnectError):  # every retry is made: the real error
         await pool.apost_json("/x", {})
-    assert len(seen) == 2
-    assert len(rec.delays) == 2
+    assert (len(seen), len(rec.delays)) == (6, 5)
+    with pytest.raises(CircuitOpenError) as info:  # the next call fails fast
+        await pool.apost_json("/x", {})
+    assert len(seen) == 6
+    assert isinstance(info.value.__cause__, EndpointConnectError)
 
 
 # -- streams ----------------------------------------------------------------------------
@@ -539,7 +543,7 @@ async def test_replays_have_one_cap_per_call_then_count_as_retries() -> None:
     goaway = httpx.RemoteProtocolError("<ConnectionTerminated error_code:0, last_stream_id:1>")
     handler, seen = sequence(goaway)
     pool, rec = make_pool(
-        handler, retry=RetryPolicy(max_retries=2), breaker=BreakerPolicy(failure_threshold=1)
+        handler, retry=RetryPolicy(max_retries=2), breaker=BreakerPolicy(min_calls=1)
     )
     with pytest.raises(EndpointConnectError):
         await pool.apost_json("/x", {})
@@ -611,7 +615,7 @@ async def test_request_header_error_is_typed_without_the_header() -> None:
 async def test_mid_stream_timeout_counts_for_the_breaker() -> None:
     body = AsyncChunks([b"first"], error=httpx.ReadTimeout("stall"))
     handler, _ = sequence(httpx.Response(200, stream=body))
-    pool, _ = make_pool(handler, breaker=BreakerPolicy(failure_threshold=1))
+    pool, _ = make_pool(handler, breaker=BreakerPolicy(min_calls=1))
     with pytest.raises(EndpointTimeoutError):
         await collect(pool.astream("/chat", {}), [])
     assert pool.breaker.state == "open"
@@ -648,7 +652,7 @@ class SlowInt(int):
 
 
 def test_counters_do_not_lose_updates_across_threads() -> None:
-    from langchain_fastpipe.transport import EndpointStats
+    from langchain_fastpipe.transport._stats import EndpointStats
 
     stats = EndpointStats("http://x:1")
     stats.requests = SlowInt(0)
