@@ -226,6 +226,13 @@ def _cmd_preload(args: argparse.Namespace) -> int:
 def _cmd_stats(args: argparse.Namespace) -> int:
     from langchain_fastpipe.stats import get_stats
 
+    if args.metrics:
+        from langchain_fastpipe._metrics import FAMILIES
+
+        for family in FAMILIES.values():
+            labels = ",".join(family.labels)
+            print(f"{family.name:40} {family.kind:9} {{{labels}}}  {family.help}")
+        return 0
     if args.url:
         import httpx
 
@@ -284,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
         "or an emulator's /_emulator/stats",
     )
     stats.add_argument("--prometheus", action="store_true", help="Prometheus text format")
+    stats.add_argument(
+        "--metrics", action="store_true", help="list every metric: name, type, labels, help"
+    )
     stats.set_defaults(func=_cmd_stats)
 
     bench = sub.add_parser("bench", help="baseline vs optimized table (see fastpipe bench -h)")

@@ -1,7 +1,9 @@
 """Counters and histograms that every layer reports into, and :func:`get_stats`.
 
-A component that has statistics registers a *source*: a name and a zero-argument
-callable returning a JSON-serializable dict. :func:`get_stats` calls every source and
+A component that has statistics registers a *source* on ``registry`` (the runtime's
+:class:`~langchain_fastpipe._metrics.StatsRegistry`): a name and a zero-argument callable
+returning a :class:`~langchain_fastpipe._metrics.Node`, a JSON dict whose numbers belong to
+metric families declared once in ``_metrics``. :func:`get_stats` calls every source and
 returns one snapshot. Sources hold their own numbers; nothing here is on a hot path
 except :meth:`Histogram.record`, which is a bisect and two additions.
 
@@ -17,6 +19,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from langchain_fastpipe._metrics import StatsRegistry
 from langchain_fastpipe.errors import ConfigError
 
 __all__ = ["get_stats"]
@@ -123,39 +126,39 @@ def _quantile_sorted(values: Sequence[float], q: float) -> float:
     return values[lo] + (values[hi] - values[lo]) * (pos - lo)
 
 
-class StatsRegistry:
-    """Named sources of statistics, collected into one snapshot."""
-
-    def __init__(self) -> None:
-        """Create an empty registry."""
-        self._sources: dict[str, Callable[[], dict[str, Any]]] = {}
-        self._lock = threading.Lock()
+class _RuntimeRegistry:
+    """The runtime's :class:`StatsRegistry`, looked up at each use (see ``_runtime``)."""
 
     def register(self, name: str, source: Callable[[], dict[str, Any]]) -> None:
         """Register (or replace) the source called ``name``."""
-        with self._lock:
-            self._sources[name] = source
+        _registry().register(name, source)
 
     def unregister(self, name: str) -> None:
         """Remove the source called ``name`` if present."""
-        with self._lock:
-            self._sources.pop(name, None)
+        _registry().unregister(name)
 
     def snapshot(self) -> dict[str, Any]:
-        """Call every source and return ``{name: its dict}``."""
-        with self._lock:
-            sources = dict(self._sources)
-        return {name: source() for name, source in sorted(sources.items())}
+        """Call every source and return ``{name: its node}``."""
+        return _registry().snapshot()
 
 
-#: The package-wide registry that :func:`get_stats` reads.
-registry = StatsRegistry()
+def _registry() -> StatsRegistry:
+    """The runtime's metrics registry (creating the runtime at first use)."""
+    from langchain_fastpipe._runtime import runtime
+
+    return runtime().metrics
+
+
+#: Where the package's layers register their statistics sources: the runtime's registry.
+registry = _RuntimeRegistry()
 
 
 def get_stats() -> dict[str, Any]:
     """One JSON-serializable snapshot of every statistic the package keeps.
 
-    Keys are the registered sources, e.g. ``"pools"``, ``"streams"``, ``"strategies"``
-    and ``"preload"``.
+    Keys are the registered sources: ``"pools"``, ``"streams"``, ``"strategies"`` and
+    ``"preload"``. Every number in it is declared once, with its type, help and labels,
+    in ``langchain_fastpipe._metrics``; ``langchain_fastpipe.prometheus`` renders the same
+    snapshot in the Prometheus text format.
     """
-    return registry.snapshot()
+    return _registry().snapshot()

@@ -66,6 +66,8 @@ from langchain_core.runnables.utils import Input, Output
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from typing_extensions import override
 
+from langchain_fastpipe import _metrics as m
+from langchain_fastpipe._metrics import Node
 from langchain_fastpipe.errors import (
     AllStrategiesFailedError,
     ConfigError,
@@ -200,19 +202,22 @@ class _StrategyCounters:
         self.latency = Histogram()
         self.ttfc = Histogram()
 
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "attempts": self.attempts,
-            "successes": self.successes,
-            "failures": dict(self.failures),
-            "ranked_first": self.first,
-            "skipped": self.skipped,
-            "probes": self.probes,
-            "hedge_starts": self.hedged,
-            "cancelled": self.cancelled,
-            "latency": self.latency.snapshot(),
-            "ttfc": self.ttfc.snapshot(),
-        }
+    def snapshot(self) -> Node:
+        """The ``strategy_*`` metric families of this strategy (labelled ``strategy``)."""
+        node = Node(key_label="strategy")
+        node.put(m.STRATEGY_ATTEMPTS, self.attempts)
+        node.put(m.STRATEGY_SUCCESSES, self.successes)
+        failures = node.child("failures")
+        for reason, count in self.failures.items():
+            failures.put(m.STRATEGY_FAILURES, count, reason=reason)
+        node.put(m.STRATEGY_FIRST, self.first)
+        node.put(m.STRATEGY_SKIPPED, self.skipped)
+        node.put(m.STRATEGY_PROBES, self.probes)
+        node.put(m.STRATEGY_HEDGES, self.hedged)
+        node.put(m.STRATEGY_CANCELLED, self.cancelled)
+        node.put(m.STRATEGY_LATENCY, self.latency)
+        node.put(m.STRATEGY_TTFC, self.ttfc)
+        return node
 
 
 class _DeadlinePassedError(Exception):
@@ -588,15 +593,21 @@ class RankedFallbacks(RunnableSerializable[Input, Output]):
         return {**input, self.continuation_key: _as_text(partial)}
 
     def stats(self) -> dict[str, Any]:
-        """In-process counters: requests, hedges, all-failed, and per strategy."""
+        """In-process counters: requests, hedges, all-failed, and per strategy.
+
+        The ``pipeline_*`` and ``strategy_*`` metric families, labelled ``pipeline`` (this
+        runnable's name, or the key it sits under in the ``strategies`` source).
+        """
+        node = Node(labels={"pipeline": self.get_name()}, key_label="pipeline")
         with self._lock:
-            return {
-                "requests": self._totals.get("requests", 0),
-                "extra_requests": self._totals.get("extra_requests", 0),
-                "hedge_wins": self._totals.get("hedge_wins", 0),
-                "all_failed": self._totals.get("all_failed", 0),
-                "strategies": {n: c.snapshot() for n, c in self._counters.items()},
-            }
+            node.put(m.PIPELINE_REQUESTS, self._totals.get("requests", 0))
+            node.put(m.PIPELINE_EXTRA, self._totals.get("extra_requests", 0))
+            node.put(m.PIPELINE_HEDGE_WINS, self._totals.get("hedge_wins", 0))
+            node.put(m.PIPELINE_ALL_FAILED, self._totals.get("all_failed", 0))
+            strategies = node.child("strategies")
+            for name, counters in self._counters.items():
+                strategies[name] = counters.snapshot()
+        return node
 
     def learned(self) -> dict[str, StrategyStats]:
         """What the store knows about each strategy now."""
@@ -611,11 +622,15 @@ class RankedFallbacks(RunnableSerializable[Input, Output]):
         with self._lock:
             self._totals[key] = self._totals.get(key, 0) + 1
 
-    def _count(self, strategy: str, counter: str) -> None:
-        """Add one to ``counter`` of one strategy (under the lock)."""
+    def _count_cancelled(self, strategy: str) -> None:
+        """Count one cancelled attempt of ``strategy`` (under the lock)."""
         with self._lock:
-            counters = self._counters[strategy]
-            setattr(counters, counter, getattr(counters, counter) + 1)
+            self._counters[strategy].cancelled += 1
+
+    def _count_hedge(self, strategy: str) -> None:
+        """Count one hedge started on ``strategy`` (under the lock)."""
+        with self._lock:
+            self._counters[strategy].hedged += 1
 
     # -- sync paths ----------------------------------------------------------------
 
@@ -764,7 +779,7 @@ class RankedFallbacks(RunnableSerializable[Input, Output]):
     async def _acancelled(self, loser: _Attempt) -> None:
         """Count a hedge's loser and keep its wait as a lower bound of its ttfc."""
         name = loser.strategy.name
-        self._count(name, "cancelled")
+        self._count_cancelled(name)
         waited = self.clock() - loser.started
         await self._store().arecord(name, Outcome(False, waited, waited, "cancelled"))
 
@@ -843,7 +858,7 @@ class RankedFallbacks(RunnableSerializable[Input, Output]):
                 if hedge_at is not None and len(active) == 1 and queue and now >= hedge_at:
                     hedged = self._start(queue.popleft(), input, config, run_manager, kwargs)
                     hedged.hedge = True
-                    self._count(hedged.strategy.name, "hedged")
+                    self._count_hedge(hedged.strategy.name)
                     self._bump("extra_requests")
                     active.append(hedged)
                     hedge_at = None

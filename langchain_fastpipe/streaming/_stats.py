@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from langchain_fastpipe import _metrics as m
+from langchain_fastpipe._metrics import Node
 from langchain_fastpipe.stats import Histogram, registry
 
 __all__ = ["Clock", "StreamOutcome", "StreamStats", "StreamStatsCollector", "default_collector"]
@@ -90,20 +92,22 @@ class _ModelStreams:
         self.total_time = Histogram()
         self.chunks_per_second = Histogram(_RATE_BUCKETS)
 
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "streams": self.streams,
-            "chunks": self.chunks,
-            "outcomes": dict(self.outcomes),
-            "time_to_first_chunk": self.time_to_first_chunk.snapshot(),
-            "time_to_first_text": self.time_to_first_text.snapshot(),
-            "time_to_first_token": self.time_to_first_token.snapshot(),
-            "inter_chunk_p50": self.inter_chunk_p50.snapshot(),
-            "inter_chunk_p95": self.inter_chunk_p95.snapshot(),
-            "inter_chunk_max": self.inter_chunk_max.snapshot(),
-            "total_time": self.total_time.snapshot(),
-            "chunks_per_second": self.chunks_per_second.snapshot(),
-        }
+    def snapshot(self) -> Node:
+        node = Node(key_label="model")
+        node.put(m.STREAMS, self.streams)
+        node.put(m.STREAM_CHUNKS, self.chunks)
+        outcomes = node.child("outcomes")
+        for outcome, count in self.outcomes.items():
+            outcomes.put(m.STREAM_OUTCOMES, count, outcome=outcome)
+        node.put(m.STREAM_FIRST_CHUNK, self.time_to_first_chunk)
+        node.put(m.STREAM_FIRST_TEXT, self.time_to_first_text)
+        node.put(m.STREAM_FIRST_TOKEN, self.time_to_first_token)
+        node.put(m.STREAM_GAP_P50, self.inter_chunk_p50)
+        node.put(m.STREAM_GAP_P95, self.inter_chunk_p95)
+        node.put(m.STREAM_GAP_MAX, self.inter_chunk_max)
+        node.put(m.STREAM_TOTAL, self.total_time)
+        node.put(m.STREAM_RATE, self.chunks_per_second)
+        return node
 
 
 class StreamStatsCollector:
@@ -152,15 +156,19 @@ class StreamStatsCollector:
         """Add one time-to-first-token observation (from ``TimeToFirstTokenHandler``)."""
         self._model(model).time_to_first_token.record(seconds)
 
-    def snapshot(self) -> dict[str, Any]:
-        """JSON-serializable ``{"streams": total, "models": {model: aggregate}}``."""
+    def snapshot(self) -> Node:
+        """JSON-serializable ``{"streams": total, "models": {model: aggregate}}``.
+
+        Each model's aggregate holds the ``stream*`` metric families, labelled ``model``;
+        the total is JSON-only (Prometheus sums the per-model counter).
+        """
         with self._lock:
             models = dict(self._models)
-        per_model = {name: models[name].snapshot() for name in sorted(models)}
-        return {
-            "streams": sum(entry["streams"] for entry in per_model.values()),
-            "models": per_model,
-        }
+            per_model = {name: models[name].snapshot() for name in sorted(models)}
+        node = Node()
+        node["streams"] = sum(entry["streams"] for entry in per_model.values())
+        node.child("models").update(per_model)
+        return node
 
     def reset(self) -> None:
         """Forget everything recorded so far."""

@@ -37,8 +37,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
+from langchain_fastpipe import _metrics as m
+from langchain_fastpipe._metrics import Node
 from langchain_fastpipe.errors import CircuitOpenError
 from langchain_fastpipe.transport._config import BreakerPolicy
 
@@ -325,31 +327,36 @@ class CircuitBreaker:
         self._closed_at = now
         self._probes = 0
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, model: str = "*") -> Node:
         """State, window counts, cooldown and last error, JSON-serializable.
 
         Keys: ``state``; ``calls_in_window``, ``failures_in_window`` and
         ``failure_rate`` (None without calls); ``cooldown`` (seconds of the current open
         period, 0 when closed); ``retry_in`` (seconds until the next probe may go, 0 unless
-        open); ``times_opened``; ``last_error`` (``"Type: message"`` or None).
+        open); ``times_opened``; ``last_error`` (``"Type: message"`` or None, JSON only).
+        A :class:`~langchain_fastpipe._metrics.Node` of the ``breaker_*`` families,
+        labelled ``model`` (``"*"``: the endpoint-wide breaker; a model's breaker takes
+        the key it sits under in ``models``).
+
+        Args:
+            model: The ``model`` label (the key under ``models`` overrides it).
         """
+        node = Node(labels={"model": model}, key_label=None if model == "*" else "model")
         with self._lock:
             now = self._clock()
             state = self._advance(now)
             calls, failures = self._window.counts(now)
             last = self._last_error
-            return {
-                "state": state,
-                "calls_in_window": calls,
-                "failures_in_window": failures,
-                "failure_rate": failures / calls if calls else None,
-                "cooldown": self._cooldown if state != CLOSED else 0.0,
-                "retry_in": (
-                    max(0.0, self._opened_at + self._cooldown - now) if state == OPEN else 0.0
-                ),
-                "times_opened": self.times_opened,
-                "last_error": f"{type(last).__name__}: {last}" if last is not None else None,
-            }
+            node.put(m.BREAKER_STATE, state)
+            node.put(m.BREAKER_CALLS, calls)
+            node.put(m.BREAKER_FAILURES, failures)
+            node.put(m.BREAKER_RATE, failures / calls if calls else None)
+            node.put(m.BREAKER_COOLDOWN, self._cooldown if state != CLOSED else 0.0)
+            retry_in = max(0.0, self._opened_at + self._cooldown - now) if state == OPEN else 0.0
+            node.put(m.BREAKER_RETRY_IN, retry_in)
+            node.put(m.BREAKER_OPENED, self.times_opened)
+            node["last_error"] = f"{type(last).__name__}: {last}" if last is not None else None
+        return node
 
     def idle(self) -> bool:
         """Whether it is closed with an empty window (nothing is lost by forgetting it)."""
@@ -484,12 +491,13 @@ class BreakerRegistry:
             raise
         return Admission(wide, wide_probe, breaker, probe)
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> Node:
         """The endpoint-wide breaker's :meth:`CircuitBreaker.snapshot`, plus ``models``.
 
         ``models`` maps each model name to its breaker's snapshot.
         """
-        return {
-            **self.endpoint_breaker.snapshot(),
-            "models": {name: b.snapshot() for name, b in sorted(self.models().items())},
-        }
+        node = self.endpoint_breaker.snapshot()
+        models = node.child("models")
+        for name, breaker in sorted(self.models().items()):
+            models[name] = breaker.snapshot(name)
+        return node

@@ -19,6 +19,8 @@ import threading
 import time
 from typing import Any
 
+from langchain_fastpipe import _metrics as m
+from langchain_fastpipe._metrics import Node
 from langchain_fastpipe.stats import Histogram
 
 __all__ = ["EndpointStats", "RequestTrace"]
@@ -103,29 +105,33 @@ class EndpointStats:
         with self._lock:
             self.http_versions[version] = self.http_versions.get(version, 0) + 1
 
-    def snapshot(self, breaker: dict[str, Any] | None = None) -> dict[str, Any]:
-        """A JSON-serializable snapshot, with the breaker's state when given."""
+    def snapshot(self, breaker: dict[str, Any] | None = None) -> Node:
+        """A JSON-serializable snapshot, with the breaker's state when given.
+
+        A :class:`~langchain_fastpipe._metrics.Node` labelled ``endpoint`` (the key it
+        sits under in the ``pools`` source, else this endpoint): its numbers are the
+        ``pool_*`` metric families.
+        """
+        node = Node(labels={"endpoint": self.endpoint}, key_label="endpoint")
         with self._lock:
-            requests = self.requests
-            counters = {
-                "endpoint": self.endpoint,
-                "requests": requests,
-                "failures": self.failures,
-                "retries": self.retries,
-                "replays": self.replays,
-                "connections_opened": self.connections_opened,
-                "reuse_ratio": (1.0 - self.connections_opened / requests) if requests else None,
-                "http_versions": dict(self.http_versions),
-                "in_flight": self.in_flight,
-                "peak_in_flight": self.peak_in_flight,
-            }
-        return {
-            **counters,
-            "latency": self.latency.snapshot(),
-            "time_to_headers": self.time_to_headers.snapshot(),
-            "pool_wait": self.pool_wait.snapshot(),
-            "breaker": breaker if breaker is not None else {},
-        }
+            requests, opened = self.requests, self.connections_opened
+            node["endpoint"] = self.endpoint
+            node.put(m.POOL_REQUESTS, requests)
+            node.put(m.POOL_FAILURES, self.failures)
+            node.put(m.POOL_RETRIES, self.retries)
+            node.put(m.POOL_REPLAYS, self.replays)
+            node.put(m.POOL_CONNECTIONS, opened)
+            node.put(m.POOL_REUSE, (1.0 - opened / requests) if requests else None)
+            versions = node.child("http_versions")
+            for version, count in self.http_versions.items():
+                versions.put(m.POOL_REPLIES, count, http_version=version)
+            node.put(m.POOL_IN_FLIGHT, self.in_flight)
+            node.put(m.POOL_PEAK, self.peak_in_flight)
+        node.put(m.POOL_LATENCY, self.latency)
+        node.put(m.POOL_HEADERS, self.time_to_headers)
+        node.put(m.POOL_WAIT, self.pool_wait)
+        node["breaker"] = breaker if breaker is not None else {}
+        return node
 
 
 class RequestTrace:

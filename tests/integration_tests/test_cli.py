@@ -56,8 +56,20 @@ def test_stats_prints_this_processs_json_and_prometheus(emulator, capsys) -> Non
     assert snapshot["pools"][endpoint]["requests"] >= 1
     assert cli.main(["stats", "--prometheus"]) == 0
     text = capsys.readouterr().out
-    assert "# TYPE fastpipe_pools_requests_total counter" in text
-    assert f'endpoint="{endpoint}"' in text
+    assert "# TYPE fastpipe_pool_requests_total counter" in text
+    assert f'fastpipe_pool_requests_total{{endpoint="{endpoint}"}}' in text
+    assert "# TYPE fastpipe_breaker_state gauge" in text  # a state set, one sample per state
+    assert f'fastpipe_breaker_state{{endpoint="{endpoint}",fastpipe_breaker_state="closed"' in text
+
+
+def test_stats_metrics_lists_every_declared_family(capsys) -> None:
+    assert cli.main(["stats", "--metrics"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line.split()[1] for line in lines}
+    assert rows["pool_requests"] == "counter"
+    assert rows["pool_latency_seconds"] == "histogram"
+    assert rows["breaker_state"] == "state"
+    assert rows["preload_model_status"] == "state"
 
 
 def test_bench_and_emulate_receive_their_options_untouched(monkeypatch) -> None:
@@ -106,4 +118,4 @@ async def test_stats_app_serves_json_and_prometheus(emulator) -> None:
     assert f"{emulator.base_url}/v1" in json.loads(body)["pools"]
     status, headers, body = await _call_asgi("/fastpipe/metrics")
     assert headers[b"content-type"].startswith(b"text/plain")
-    assert b"fastpipe_pools_requests_total" in body
+    assert b"fastpipe_pool_requests_total" in body

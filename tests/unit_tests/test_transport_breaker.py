@@ -493,10 +493,11 @@ async def test_stats_export_every_breaker_as_json_and_prometheus() -> None:
         key = tuple(sorted({"endpoint": ENDPOINT, "model": model, **labels}.items()))
         return samples[(name, key)]
 
-    assert sample("fastpipe_breaker_state", "bad", state="open") == 1
-    assert sample("fastpipe_breaker_state", "bad", state="closed") == 0
-    assert sample("fastpipe_breaker_state", "good", state="closed") == 1
-    assert sample("fastpipe_breaker_state", "*", state="closed") == 1
+    state = "fastpipe_breaker_state"  # a state set: the label is named like the metric
+    assert sample(state, "bad", fastpipe_breaker_state="open") == 1
+    assert sample(state, "bad", fastpipe_breaker_state="closed") == 0
+    assert sample(state, "good", fastpipe_breaker_state="closed") == 1
+    assert sample(state, "*", fastpipe_breaker_state="closed") == 1
     assert sample("fastpipe_breaker_failures_in_window", "bad") == 1
     assert sample("fastpipe_breaker_cooldown_seconds", "bad") == 3.0
     assert sample("fastpipe_breaker_retry_in_seconds", "bad") == 3.0

@@ -1,0 +1,100 @@
+"""The process's runtime state in one object, created at its first use.
+
+:func:`runtime` returns the one :class:`Runtime`: the metrics registry every layer reports
+into, the default preloader (built when first asked for, with the models named in
+``FASTPIPE_PRELOAD`` recorded in it), and the pools' statistics. Creating it starts
+nothing: no thread, no task, no socket. Warm-ups run where the application starts
+(``fastpipe_lifespan``, ``preload()``, ``preload_sync()``), or, for models built with
+``preload=True``, at their first call when nothing started them
+(:meth:`Runtime.warm_pending`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+from langchain_fastpipe._metrics import StatsRegistry
+
+if TYPE_CHECKING:
+    from langchain_fastpipe.preload import ModelPreloader
+
+__all__ = ["Runtime", "runtime"]
+
+logger = logging.getLogger(__name__)
+
+
+class Runtime:
+    """Pools' statistics, metrics and the default preloader of this process.
+
+    Attributes:
+        metrics: The registry of statistics sources behind ``get_stats()`` and Prometheus.
+    """
+
+    def __init__(self) -> None:
+        """Create an empty runtime (no preloader yet, no source registered)."""
+        self.metrics = StatsRegistry()
+        self._preloader: ModelPreloader | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def preloader(self) -> ModelPreloader:
+        """The default preloader, built at first use with ``FASTPIPE_PRELOAD`` recorded."""
+        preloader = self._preloader
+        if preloader is None:
+            from langchain_fastpipe.preload import ModelPreloader, register_from_env
+
+            with self._lock:
+                if self._preloader is None:
+                    self._preloader = ModelPreloader()
+                    register_from_env(self._preloader)
+                preloader = self._preloader
+        return preloader
+
+    def pools(self) -> dict[str, Any]:
+        """``{endpoint: stats}`` of every live pool (the ``"pools"`` statistics source)."""
+        pools: dict[str, Any] = self.metrics.snapshot().get("pools", {})
+        return pools
+
+    def register_model(self, model: object) -> str:
+        """Record ``model`` in the default preloader (``ChatFastpipe(preload=True)``).
+
+        Nothing is contacted; see :meth:`warm_pending`.
+        """
+        return self.preloader.register(model)
+
+    def warm_pending(self) -> None:
+        """Start the warm-ups of registered models that nothing has started (never raises).
+
+        Called at the first call of a ``preload=True`` model: with a running event loop
+        the warm-ups are a task of that loop, otherwise a short-lived thread runs them.
+        """
+        preloader = self._preloader
+        if preloader is None:
+            return
+        try:
+            preloader.warm_pending()
+        except Exception:  # pragma: no cover - a warm-up is never worth a failed call
+            logger.exception("could not start the pending warm-ups")
+
+
+_RUNTIME: Runtime | None = None
+_RUNTIME_LOCK = threading.Lock()
+
+
+def runtime() -> Runtime:
+    """The process's :class:`Runtime`, created at the first call."""
+    current = _RUNTIME
+    if current is None:
+        with _RUNTIME_LOCK:
+            current = _runtime_create()
+    return current
+
+
+def _runtime_create() -> Runtime:
+    """Create the runtime unless another thread did (lock held)."""
+    global _RUNTIME
+    if _RUNTIME is None:
+        _RUNTIME = Runtime()
+    return _RUNTIME
