@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-import math
 import threading
 import time
 import warnings
@@ -25,8 +24,7 @@ from collections.abc import (
     Sequence,
 )
 from operator import itemgetter
-from typing import Any, Literal, cast
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.exceptions import OutputParserException
@@ -48,9 +46,25 @@ from langchain_core.runnables import Runnable, RunnableLambda, RunnableMap, Runn
 from langchain_core.utils.function_calling import convert_to_openai_function
 from langchain_core.utils.json import parse_json_markdown
 from langchain_core.utils.pydantic import is_basemodel_subclass
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 from pydantic.v1 import BaseModel as BaseModelV1
+from pydantic_core import PydanticCustomError
 
+from langchain_fastpipe._validation import (
+    field_error,
+    has_credentials,
+    quote_url,
+    redact_url,
+    suggest,
+)
 from langchain_fastpipe.errors import ConfigError
 from langchain_fastpipe.providers import PROVIDERS, Provider, get_provider
 from langchain_fastpipe.providers._base import (
@@ -61,16 +75,19 @@ from langchain_fastpipe.providers._base import (
     env_base_url,
 )
 from langchain_fastpipe.providers._convert import convert_tools, tool_choice_to_openai
-from langchain_fastpipe.transport import (
-    BreakerPolicy,
-    EndpointConfig,
-    PooledClient,
-    PoolLimits,
-    ResponseInfo,
-    RetryPolicy,
-    get_pool,
+from langchain_fastpipe.transport import EndpointConfig, PooledClient, ResponseInfo, get_pool
+from langchain_fastpipe.transport._config import (
+    Engine,
+    build_endpoint_config,
+    knob,
+    knob_paths,
+    wire_knobs,
 )
-from langchain_fastpipe.transport._config import quote_url, redact_url
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+    from langchain_fastpipe.config import FastpipeConfig
 
 __all__ = ["ChatFastpipe", "set_preload_hook"]
 
@@ -113,20 +130,6 @@ def _hand_to_preloader(model: ChatFastpipe) -> None:
     hook(model)
 
 
-def _reject_credentials(base_url: str) -> None:
-    """Raise ConfigError if ``base_url`` carries ``user:password@`` (keys go in api_key)."""
-    try:
-        parts = urlsplit(base_url)
-    except ValueError:
-        return  # malformed: the transport's validator names the problem
-    if parts.username or parts.password:
-        shown = quote_url(base_url)
-        msg = (
-            f"ChatFastpipe.base_url must not carry credentials ({shown!r}): pass the key as api_key"
-        )
-        raise ConfigError(msg)
-
-
 #: Fields of earlier versions, and what replaced them (they would be silently ignored).
 _REMOVED_FIELDS: Mapping[str, str] = {
     "breaker_failure_threshold": (
@@ -143,14 +146,6 @@ def _reject_removed_fields(data: Mapping[str, Any]) -> None:
         if name in data:
             msg = f"ChatFastpipe.{name} was removed (got {data[name]!r}): use {replacement}"
             raise ConfigError(msg)
-
-
-def _endpoint_error(exc: ConfigError) -> ConfigError:
-    """A transport ConfigError re-worded to name the ChatFastpipe field."""
-    text = str(exc).replace("EndpointConfig.", "ChatFastpipe.")
-    text = text.replace("PoolLimits.", "ChatFastpipe.").replace("RetryPolicy.", "ChatFastpipe.")
-    text = text.replace("BreakerPolicy.", "ChatFastpipe.breaker_")
-    return ConfigError(text)
 
 
 def _is_pydantic_class(obj: Any) -> bool:
@@ -258,43 +253,45 @@ class ChatFastpipe(BaseChatModel):
     for ``provider="openai"`` only, ``OPENAI_API_KEY`` (the OpenAI key never goes to an
     Ollama or other non-OpenAI provider). Never shown in repr, logs, errors or statistics."""
 
-    temperature: float | None = None
+    temperature: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     """Sampling temperature; None leaves the server's default."""
 
-    max_tokens: int | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
     """Most tokens to generate (``max_tokens``; Ollama ``options.num_predict``)."""
 
     stop: list[str] | None = None
     """Default stop sequences (a call's ``stop`` replaces them)."""
 
-    timeout: float = 30.0
-    """Read/write/pool timeout per request, in seconds."""
+    # The transport knobs: each is declared once, on EndpointConfig and its policies, with
+    # its default, bounds and description; ``knob(path)`` maps the field onto it.
 
-    connect_timeout: float = 5.0
-    """Time allowed to open one connection (TCP, TLS and HTTP/2 handshakes), in seconds."""
+    timeout: float = knob("timeout")
+    """Read/write/pool timeout per request, in seconds (``EndpointConfig.timeout``)."""
 
-    max_retries: int = 2
+    connect_timeout: float = knob("connect_timeout")
+    """Time allowed to open one connection, in seconds (``EndpointConfig.connect_timeout``)."""
+
+    max_retries: int = knob("retry.max_retries")
     """Retries of a failed request before any byte reached the caller."""
 
-    breaker_window: float = 30.0
-    """Seconds over which the circuit breaker of this model (per endpoint and model) judges
-    the failure rate of its calls; a call's retries count once."""
+    breaker_window: float = knob("breaker.window")
+    """Seconds over which this model's circuit breaker (per endpoint and model) judges the
+    failure rate of its calls (``BreakerPolicy.window``)."""
 
-    breaker_min_calls: int = 5
+    breaker_min_calls: int = knob("breaker.min_calls")
     """Calls that must have ended within the window before the breaker may open."""
 
-    breaker_failure_rate: float = 0.5
+    breaker_failure_rate: float = knob("breaker.failure_rate")
     """Fraction of those calls that failed (5xx, timeouts) that opens the breaker; the
     endpoint-wide breaker counts connection failures the same way and blocks every model."""
 
-    breaker_cooldown: float = 2.0
+    breaker_cooldown: float = knob("breaker.cooldown")
     """Seconds an open breaker fails fast (CircuitOpenError) before a probe call goes."""
 
-    breaker_max_cooldown: float = 60.0
-    """Longest cooldown: each time the breaker opens again while the failures go on, its
-    cooldown grows by ``breaker_cooldown_factor`` up to this."""
+    breaker_max_cooldown: float = knob("breaker.max_cooldown")
+    """Longest cooldown, as it grows by ``breaker_cooldown_factor`` each time it reopens."""
 
-    breaker_cooldown_factor: float = 2.0
+    breaker_cooldown_factor: float = knob("breaker.cooldown_factor")
     """Growth of the cooldown each time the breaker opens again (>= 1)."""
 
     streaming: bool = False
@@ -307,27 +304,27 @@ class ChatFastpipe(BaseChatModel):
     keep_alive: str | int | float | None = None
     """Ollama only: how long the model stays loaded after a call (``"5m"``, ``-1``)."""
 
-    http2: bool = True
+    http2: bool = knob("http2")
     """Offer HTTP/2 by ALPN on https endpoints (falls back to HTTP/1.1)."""
 
-    http2_prior_knowledge: bool = False
+    http2_prior_knowledge: bool = knob("http2_prior_knowledge")
     """Speak HTTP/2 directly (h2c) on plain http endpoints; opt-in."""
 
-    verify: bool | str = True
+    verify: bool | str = knob("verify")
     """TLS verification: True, False, or the path of a CA bundle (e.g. a test CA)."""
 
-    max_connections: int = 50
+    max_connections: int = knob("limits.max_connections")
     """Most connections the endpoint's pool opens at once."""
 
-    max_keepalive_connections: int = 20
+    max_keepalive_connections: int = knob("limits.max_keepalive_connections")
     """Idle connections the endpoint's pool keeps for reuse."""
 
-    engine: str = "auto"
+    engine: Engine = knob("engine")
     """Engine of async calls: ``"auto"`` (default: aiohttp for ``http://`` servers, httpx
     with HTTP/2 by ALPN for ``https://``), ``"httpx"`` or ``"aiohttp"``. Sync calls always
     use httpx. See ``EndpointConfig.engine``."""
 
-    pooling: bool = True
+    pooling: bool = knob("pooling")
     """Share one pooled client per endpoint. False makes a fresh client per request (the
     baseline of benchmarks)."""
 
@@ -339,10 +336,9 @@ class ChatFastpipe(BaseChatModel):
     #: ``(provider, api_key)`` when the key was read from that provider's env variables.
     _env_key: tuple[str, SecretStr | None] | None = PrivateAttr(default=None)
 
-    #: ``(key, EndpointConfig, PooledClient | None)`` for the fields in ``key``.
-    _transport: tuple[tuple[Any, ...], EndpointConfig, PooledClient | None] | None = PrivateAttr(
-        default=None
-    )
+    #: ``(EndpointConfig, PooledClient | None)`` of the current fields; any field
+    #: assignment (and ``model_copy(update=...)``) drops it.
+    _transport: tuple[EndpointConfig, PooledClient | None] | None = PrivateAttr(default=None)
 
     #: ``(base_url, redacted base_url)``: the redaction of the last base URL seen.
     _shown_url: tuple[str, str] | None = PrivateAttr(default=None)
@@ -356,8 +352,13 @@ class ChatFastpipe(BaseChatModel):
         """
         key_given = "api_key" in data or "openai_api_key" in data
         _reject_removed_fields(data)
-        super().__init__(**data)
-        self._validate_config()
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise field_error(exc, type(self), "ChatFastpipe") from None
+        if self.base_url is None:
+            self.base_url = env_base_url(get_provider(self.provider))
+        _ = self.endpoint_config  # the URL and the cross-field checks of the transport
         if not key_given:
             key = env_api_key(self.provider_adapter)
             self.api_key = SecretStr(key) if key is not None else None
@@ -365,92 +366,74 @@ class ChatFastpipe(BaseChatModel):
         if self.preload:
             _hand_to_preloader(self)
 
-    def _validate_config(self) -> None:
-        if self.provider not in PROVIDERS:
-            msg = (
-                f"ChatFastpipe.provider must be one of {', '.join(map(repr, PROVIDERS))}, "
-                f"got {self.provider!r}"
+    @field_validator("provider")
+    @classmethod
+    def _known_provider(cls, value: str) -> str:
+        if value not in PROVIDERS:
+            raise PydanticCustomError(
+                "fastpipe_value",
+                "must be one of {known}",
+                {"known": ", ".join(map(repr, PROVIDERS))},
             )
-            raise ConfigError(msg)
-        if self.base_url is None:
-            self.base_url = env_base_url(get_provider(self.provider))
-        checks: list[tuple[str, float | None, float, bool]] = [
-            ("timeout", self.timeout, 0, True),
-            ("connect_timeout", self.connect_timeout, 0, True),
-            ("max_retries", self.max_retries, 0, False),
-            ("max_connections", self.max_connections, 1, False),
-            ("max_keepalive_connections", self.max_keepalive_connections, 0, False),
-            ("max_tokens", self.max_tokens, 1, False),
-            ("temperature", self.temperature, 0, False),
-        ]
-        for name, value, minimum, strict in checks:
-            if value is None:
-                continue
-            if not math.isfinite(value) or value < minimum or (strict and value == minimum):
-                relation = ">" if strict else ">="
-                msg = f"ChatFastpipe.{name} must be {relation} {minimum} and finite, got {value!r}"
-                raise ConfigError(msg)
-        _ = self.endpoint_config  # the transport validates the URL, engine and policies
+        return value
 
-    def _transport_key(self) -> tuple[Any, ...]:
-        """The fields the endpoint configuration is built from (the cache key)."""
-        return (
-            self.provider,
-            self.base_url,
-            self.http2,
-            self.http2_prior_knowledge,
-            self.max_connections,
-            self.max_keepalive_connections,
-            self.timeout,
-            self.connect_timeout,
-            self.verify,
-            self.max_retries,
-            self.breaker_window,
-            self.breaker_min_calls,
-            self.breaker_failure_rate,
-            self.breaker_cooldown,
-            self.breaker_max_cooldown,
-            self.breaker_cooldown_factor,
-            self.pooling,
-            self.engine,
-        )
+    @field_validator("base_url")
+    @classmethod
+    def _no_credentials(cls, value: str | None) -> str | None:
+        if value is not None and has_credentials(value):
+            raise PydanticCustomError(
+                "fastpipe_url",
+                "{problem}",
+                {
+                    "problem": "must not carry credentials: pass the key as api_key",
+                    "shown": quote_url(value),
+                    "hint_text": "",
+                },
+            )
+        return value
 
-    def _build_endpoint_config(self) -> EndpointConfig:
-        """A fresh EndpointConfig from the current fields (pure).
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Set a field; the endpoint configuration is rebuilt from the fields on next use."""
+        super().__setattr__(name, value)
+        if name in type(self).model_fields:
+            self._transport = None
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy of the model (``update`` is applied unvalidated, as pydantic does).
+
+        The copy builds its own endpoint configuration from its fields.
+        """
+        copied = super().model_copy(update=update, deep=deep)
+        if update:
+            copied._transport = None
+        return copied
+
+    @classmethod
+    def from_config(cls, config: FastpipeConfig, **overrides: Any) -> ChatFastpipe:
+        """A chat model built from a :class:`~langchain_fastpipe.config.FastpipeConfig`.
+
+        The configuration's wire settings (timeouts, pool sizes, retries, HTTP/2,
+        pooling) map onto the fields declared with the same knobs; streaming off gives
+        ``streaming=False`` and ``disable_streaming=True`` (``astream`` yields the whole
+        answer as one chunk); ``preload`` follows ``enable_model_preloading`` (the model is
+        recorded in the default preloader; off, it loads on first use). ``backend.model``,
+        ``base_url`` and ``api_key`` are used when set.
+
+        Args:
+            config: The configuration.
+            **overrides: Fields that win over the configuration (``model=``,
+                ``preload=False``, ``temperature=``...).
+
+        Returns:
+            The chat model.
 
         Raises:
-            ConfigError: The transport rejected a value (the message names the field).
+            ConfigError: An override is not a field of ChatFastpipe (the message names
+                it and the nearest field), or a value is not valid.
         """
-        base_url = self.base_url
-        if base_url is None:  # only after a field was reset by assignment or model_copy
-            base_url = env_base_url(get_provider(self.provider))
-        _reject_credentials(base_url)
-        try:
-            return EndpointConfig(
-                base_url=base_url,
-                http2=self.http2,
-                http2_prior_knowledge=self.http2_prior_knowledge,
-                limits=PoolLimits(
-                    max_connections=self.max_connections,
-                    max_keepalive_connections=self.max_keepalive_connections,
-                ),
-                timeout=float(self.timeout),
-                connect_timeout=float(self.connect_timeout),
-                verify=self.verify,
-                retry=RetryPolicy(max_retries=self.max_retries),
-                breaker=BreakerPolicy(
-                    window=float(self.breaker_window),
-                    min_calls=self.breaker_min_calls,
-                    failure_rate=float(self.breaker_failure_rate),
-                    cooldown=float(self.breaker_cooldown),
-                    max_cooldown=float(self.breaker_max_cooldown),
-                    cooldown_factor=float(self.breaker_cooldown_factor),
-                ),
-                pooling=self.pooling,
-                engine=cast(Any, self.engine),
-            )
-        except ConfigError as exc:
-            raise _endpoint_error(exc) from None
+        kwargs = {**_config_kwargs(config), **overrides}
+        _check_fields(kwargs, set(overrides))
+        return cls(**kwargs)
 
     # ------------------------------------------------------------------ request building
 
@@ -458,30 +441,39 @@ class ChatFastpipe(BaseChatModel):
     def endpoint_config(self) -> EndpointConfig:
         """The transport configuration (the key of the shared pool).
 
-        Built from the current fields and cached against them, so a field changed by
-        assignment or ``model_copy(update=...)`` takes effect on the next call.
+        Built from the current fields on first use and kept until a field changes (by
+        assignment or ``model_copy(update=...)``).
 
         Raises:
             ConfigError: A changed field is not valid (the message names it).
         """
-        key = self._transport_key()
         cached = self._transport
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        config = self._build_endpoint_config()
-        self._transport = (key, config, None)
+        if cached is not None:
+            return cached[0]
+        base_url = self.base_url
+        if base_url is None:  # only after a field was reset by assignment or model_copy
+            base_url = env_base_url(get_provider(self.provider))
+        values = {path: getattr(self, name) for name, path in _KNOBS.items()}
+        values["base_url"] = base_url
+        if has_credentials(base_url):  # set by assignment: refused as at construction
+            msg = (
+                f"ChatFastpipe.base_url must not carry credentials: pass the key as api_key, "
+                f"got {quote_url(base_url)!r}"
+            )
+            raise ConfigError(msg)
+        config = build_endpoint_config(values, owner="ChatFastpipe", names=_KNOB_NAMES)
+        self._transport = (config, None)
         return config
 
     @property
     def pool(self) -> PooledClient:
         """The shared pooled client of :attr:`endpoint_config`, cached on the instance."""
-        key = self._transport_key()
         cached = self._transport
-        if cached is not None and cached[0] == key and cached[2] is not None:
-            return cached[2]
+        if cached is not None and cached[1] is not None:
+            return cached[1]
         config = self.endpoint_config
         client = get_pool(config)
-        self._transport = (key, config, client)
+        self._transport = (config, client)
         return client
 
     def preload_key(self) -> tuple[str, str, str, str, str]:
@@ -957,6 +949,45 @@ class ChatFastpipe(BaseChatModel):
                 Runnable[LanguageModelInput, Any], RunnableMap(raw=llm) | parser_with_fallback
             )
         return cast(Runnable[LanguageModelInput, Any], llm | output_parser)
+
+
+#: ChatFastpipe's transport fields -> their knob paths in EndpointConfig (from ``knob``).
+_KNOBS: dict[str, str] = knob_paths(ChatFastpipe)
+#: Knob path -> the ChatFastpipe field (errors name the field the user wrote).
+_KNOB_NAMES: dict[str, str] = {path: name for name, path in _KNOBS.items()}
+
+
+def _config_kwargs(config: FastpipeConfig) -> dict[str, Any]:
+    """ChatFastpipe's fields from a configuration (see :meth:`ChatFastpipe.from_config`)."""
+    po, backend = config.performance_optimizations, config.backend
+    wire = wire_knobs(config)
+    kwargs: dict[str, Any] = {name: wire[path] for name, path in _KNOBS.items() if path in wire}
+    kwargs.update(
+        provider=backend.provider,
+        streaming=po.enable_response_streaming,
+        preload=po.enable_model_preloading,
+    )
+    if not po.enable_response_streaming:
+        kwargs["disable_streaming"] = True
+    optional = {"model": backend.model, "base_url": backend.base_url, "api_key": backend.api_key}
+    kwargs.update({k: v for k, v in optional.items() if v is not None})
+    return kwargs
+
+
+def _check_fields(kwargs: Mapping[str, Any], overrides: set[str]) -> None:
+    """Raise ConfigError naming every key of ``kwargs`` that is not a ChatFastpipe field."""
+    fields = ChatFastpipe.model_fields
+    accepted = set(fields) | {f.alias for f in fields.values() if f.alias}
+    unknown = sorted(k for k in kwargs if k not in accepted)
+    if not unknown:
+        return
+    problems = []
+    for key in unknown:
+        origin = "override" if key in overrides else "configuration setting"
+        hint = suggest(key, sorted(accepted))
+        problems.append(f"{key!r} ({origin})" + (f", did you mean {hint!r}?" if hint else ""))
+    msg = f"ChatFastpipe has no field for: {'; '.join(problems)}"
+    raise ConfigError(msg)
 
 
 # LangChain inspects ``self._agenerate``'s / ``self._generate``'s signature on every call (to

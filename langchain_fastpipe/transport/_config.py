@@ -1,20 +1,42 @@
 """Configuration value objects of the transport: hashable, validated, documented defaults.
 
-Every object here is a frozen, keyword-only dataclass, so an :class:`EndpointConfig` is a
-valid dictionary key: it is the key of the shared pool (see :func:`get_pool`). Validation
-happens at construction and raises :class:`~langchain_fastpipe.errors.ConfigError` naming
-the field (or the redacted URL) that was wrong.
+Every knob is declared once, here, with its default, bounds and description, on a frozen
+pydantic model: an :class:`EndpointConfig` is a valid dictionary key (the key of the
+shared pool, see :func:`get_pool`). ``ChatFastpipe`` declares its transport fields with
+:func:`knob`, so they carry the same default, bounds and description.
+
+Validation has one error path (:func:`~langchain_fastpipe._validation.field_error`): a
+:class:`~langchain_fastpipe.errors.ConfigError` naming the field as the user wrote it,
+``EndpointConfig.timeout must be > 0, got -1`` when built directly, and
+``ChatFastpipe.timeout ...`` when built through :func:`build_endpoint_config` for a
+``ChatFastpipe``.
 """
 
 from __future__ import annotations
 
-import math
-import re
-from dataclasses import dataclass, field
-from typing import Literal
-from urllib.parse import urlsplit
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from langchain_fastpipe.errors import ConfigError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
+from pydantic_core.core_schema import ValidationInfo
+
+from langchain_fastpipe._validation import field_error, quote_url, redact_url, url_error
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+    from langchain_fastpipe.config import FastpipeConfig
 
 #: The HTTP engines of async calls (see ``EndpointConfig.engine``).
 Engine = Literal["auto", "httpx", "aiohttp"]
@@ -25,113 +47,131 @@ __all__ = [
     "ENGINES",
     "BreakerPolicy",
     "EndpointConfig",
+    "EndpointPath",
     "PoolLimits",
     "RetryPolicy",
+    "build_endpoint_config",
+    "knob",
+    "knob_paths",
     "quote_url",
     "redact_url",
+    "wire_knobs",
 ]
 
 #: Statuses retried by default: timeouts, conflicts, rate limits and transient 5xx.
 DEFAULT_RETRY_STATUSES: frozenset[int] = frozenset({408, 409, 429, 500, 502, 503, 504})
 
-_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+def _a_fraction(value: float) -> float:
+    """Refuse a failure rate above 1 (the bound of a fraction), quoting it."""
+    if value > 1:
+        raise PydanticCustomError(
+            "fastpipe_value", "must be a fraction in (0, 1] (0.5 = half the calls)"
+        )
+    return value
 
 
-def _check_number(owner: str, name: str, value: object, *, minimum: float, strict: bool) -> None:
-    """Raise ConfigError unless ``value`` is a finite number above (or at) ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        msg = f"{owner}.{name} must be a number, got {type(value).__name__}"
-        raise ConfigError(msg)
-    too_small = value <= minimum if strict else value < minimum
-    if too_small or math.isnan(value) or math.isinf(value):
-        relation = ">" if strict else ">="
-        msg = f"{owner}.{name} must be finite and {relation} {minimum:g}, got {value!r}"
-        raise ConfigError(msg)
+def _bool_or_path(value: object) -> object:
+    """Refuse a ``verify`` that is neither a bool nor a CA file path."""
+    if not isinstance(value, (bool, str)):
+        raise PydanticCustomError(
+            "fastpipe_type",
+            "must be a bool or a CA file path, got {got}",
+            {"got": type(value).__name__},
+        )
+    return value
 
 
-def _check_int(owner: str, name: str, value: object, *, minimum: int) -> None:
-    """Raise ConfigError unless ``value`` is an int of at least ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        msg = f"{owner}.{name} must be an int, got {type(value).__name__}"
-        raise ConfigError(msg)
-    if value < minimum:
-        msg = f"{owner}.{name} must be >= {minimum}, got {value!r}"
-        raise ConfigError(msg)
+class _Knobs(BaseModel):
+    """Base of the value objects: frozen (hashable), strict, unknown fields refused.
 
-
-@dataclass(frozen=True, kw_only=True)
-class PoolLimits:
-    """Connection pool limits of one endpoint.
-
-    Attributes:
-        max_keepalive_connections: Idle connections kept open for reuse.
-        max_connections: Connections open at once (HTTP/2 multiplexes many requests on one).
-        keepalive_expiry: Seconds an idle connection is kept before it is closed.
-        max_concurrent_streams: Requests in flight at once over HTTP/2. httpcore puts
-            every request to one origin on a single HTTP/2 connection, and a server
-            refuses streams beyond its ``SETTINGS_MAX_CONCURRENT_STREAMS`` (100 for
-            nginx, hypercorn and most others), so keep it at or below that value.
+    A bad value raises ConfigError naming ``<Class>.<field>``, the value and the range.
     """
 
-    max_keepalive_connections: int = 20
-    max_connections: int = 50
-    keepalive_expiry: float = 30.0
-    max_concurrent_streams: int = 100
+    model_config = ConfigDict(frozen=True, strict=True, extra="forbid")
 
-    def __post_init__(self) -> None:
-        """Validate the limits."""
-        _check_int("PoolLimits", "max_keepalive_connections", self.max_keepalive_connections,
-                   minimum=0)  # fmt: skip
-        _check_int("PoolLimits", "max_connections", self.max_connections, minimum=1)
-        _check_number("PoolLimits", "keepalive_expiry", self.keepalive_expiry,
-                      minimum=0, strict=False)  # fmt: skip
-        _check_int("PoolLimits", "max_concurrent_streams", self.max_concurrent_streams,
-                   minimum=1)  # fmt: skip
+    def __init__(self, **data: Any) -> None:
+        """Validate ``data``; raise ConfigError naming each bad field, value and range."""
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise field_error(exc, type(self), type(self).__name__) from None
+
+    # This __init__ only wraps BaseModel's: nested validation need not call it.
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
+    @classmethod
+    def _validated(
+        cls, data: Mapping[str, Any], owner: str, names: Mapping[str, str], prefix: str = ""
+    ) -> Self:
+        """Validate ``data``; errors name ``owner``'s fields (``names``: path -> field)."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise field_error(exc, cls, owner, names, prefix=prefix) from None
 
 
-@dataclass(frozen=True, kw_only=True)
-class RetryPolicy:
+class PoolLimits(_Knobs):
+    """Connection pool limits of one endpoint."""
+
+    max_keepalive_connections: int = Field(
+        20, ge=0, description="Idle connections kept open for reuse."
+    )
+    max_connections: int = Field(
+        50,
+        ge=1,
+        description="Connections open at once (HTTP/2 multiplexes many requests on one).",
+    )
+    keepalive_expiry: float = Field(
+        30.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="Seconds an idle connection is kept before it is closed.",
+    )
+    max_concurrent_streams: int = Field(
+        100,
+        ge=1,
+        description=(
+            "Requests in flight at once over HTTP/2. httpcore puts every request to one "
+            "origin on a single HTTP/2 connection, and a server refuses streams beyond its "
+            "SETTINGS_MAX_CONCURRENT_STREAMS (100 for nginx, hypercorn and most others), so "
+            "keep it at or below that value."
+        ),
+    )
+
+
+class RetryPolicy(_Knobs):
     """When and how long to wait before retrying a request.
 
     A request is tried at most ``1 + max_retries`` times, and only before any body byte
     reached the caller. The delay before retry ``n`` (0-based) is full-jitter exponential
     backoff, ``uniform(0, min(max_backoff, initial_backoff * 2**n))``, unless the server
     sent ``retry-after-ms`` or ``Retry-After``, which win (capped at ``retry_after_cap``).
-
-    Attributes:
-        max_retries: Retries after the first attempt; 0 disables retrying.
-        initial_backoff: Upper bound of the first backoff, in seconds.
-        max_backoff: Upper bound of any backoff, in seconds.
-        retry_after_cap: Longest server-requested wait that is honoured, in seconds.
-        retry_statuses: HTTP statuses that are retried.
     """
 
-    max_retries: int = 2
-    initial_backoff: float = 0.25
-    max_backoff: float = 8.0
-    retry_after_cap: float = 60.0
-    retry_statuses: frozenset[int] = field(default=DEFAULT_RETRY_STATUSES)
-
-    def __post_init__(self) -> None:
-        """Validate the policy and make ``retry_statuses`` a frozenset (hashable)."""
-        _check_int("RetryPolicy", "max_retries", self.max_retries, minimum=0)
-        _check_number("RetryPolicy", "initial_backoff", self.initial_backoff,
-                      minimum=0, strict=False)  # fmt: skip
-        _check_number("RetryPolicy", "max_backoff", self.max_backoff, minimum=0, strict=False)
-        _check_number("RetryPolicy", "retry_after_cap", self.retry_after_cap,
-                      minimum=0, strict=False)  # fmt: skip
-        try:
-            statuses = frozenset(int(s) for s in self.retry_statuses)
-        except (TypeError, ValueError) as exc:
-            msg = (
-                f"RetryPolicy.retry_statuses must be HTTP status ints, got {self.retry_statuses!r}"
-            )
-            raise ConfigError(msg) from exc
-        object.__setattr__(self, "retry_statuses", statuses)
+    max_retries: int = Field(
+        2, ge=0, description="Retries of a failed request before any byte reached the caller."
+    )
+    initial_backoff: float = Field(
+        0.25, ge=0, allow_inf_nan=False, description="Upper bound of the first backoff (s)."
+    )
+    max_backoff: float = Field(
+        8.0, ge=0, allow_inf_nan=False, description="Upper bound of any backoff (s)."
+    )
+    retry_after_cap: float = Field(
+        60.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="Longest server-requested wait that is honoured (s).",
+    )
+    retry_statuses: frozenset[int] = Field(
+        DEFAULT_RETRY_STATUSES,
+        strict=False,  # any iterable of ints; stored as a frozenset (hashable)
+        description="HTTP statuses that are retried.",
+    )
 
 
-@dataclass(frozen=True, kw_only=True)
-class BreakerPolicy:
+class BreakerPolicy(_Knobs):
     """Circuit breaker settings, applied to each (endpoint, model) breaker of an endpoint.
 
     A breaker judges *calls* (a call's retries are one outcome) by their failure rate over
@@ -142,245 +182,176 @@ class BreakerPolicy:
     again within one window of closing), at most ``max_cooldown``. As soon as the
     cooldown ends, up to ``half_open_max_calls`` probe calls go through; a probe's success
     closes the breaker, its failure opens it again.
-
-    Attributes:
-        window: Seconds of call outcomes the failure rate is measured over.
-        min_calls: Calls that must have ended within the window before it may open.
-        failure_rate: Fraction of those calls (0 < rate <= 1) that must have failed.
-        cooldown: Seconds of the first cooldown (fail fast, then a half-open probe).
-        max_cooldown: Longest cooldown, however long the failures go on.
-        cooldown_factor: Growth of the cooldown each time it opens again (>= 1).
-        half_open_max_calls: Probe calls let through at once when the cooldown ends.
     """
 
-    window: float = 30.0
-    min_calls: int = 5
-    failure_rate: float = 0.5
-    cooldown: float = 2.0
-    max_cooldown: float = 60.0
-    cooldown_factor: float = 2.0
-    half_open_max_calls: int = 1
+    window: float = Field(
+        30.0,
+        gt=0,
+        allow_inf_nan=False,
+        description=(
+            "Seconds of call outcomes the failure rate is measured over (a call's retries "
+            "count once)."
+        ),
+    )
+    min_calls: int = Field(
+        5, ge=1, description="Calls that must have ended within the window before it may open."
+    )
+    failure_rate: Annotated[float, AfterValidator(_a_fraction)] = Field(
+        0.5,
+        gt=0,
+        allow_inf_nan=False,
+        description=(
+            "Fraction of those calls that failed (5xx, timeouts) that opens the breaker "
+            "(0.5 = half the calls)."
+        ),
+    )
+    cooldown: float = Field(
+        2.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="Seconds of the first cooldown (fail fast, then a half-open probe).",
+    )
+    max_cooldown: float = Field(
+        60.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="Longest cooldown, however long the failures go on (>= cooldown).",
+    )
+    cooldown_factor: float = Field(
+        2.0,
+        ge=1,
+        allow_inf_nan=False,
+        description="Growth of the cooldown each time the breaker opens again (>= 1).",
+    )
+    half_open_max_calls: int = Field(
+        1, ge=1, description="Probe calls let through at once when the cooldown ends."
+    )
 
-    def __post_init__(self) -> None:
-        """Validate the policy (messages name the field and quote the value)."""
-        _check_number("BreakerPolicy", "window", self.window, minimum=0, strict=True)
-        _check_int("BreakerPolicy", "min_calls", self.min_calls, minimum=1)
-        _check_number("BreakerPolicy", "failure_rate", self.failure_rate,
-                      minimum=0, strict=True)  # fmt: skip
-        if self.failure_rate > 1:
-            msg = (
-                "BreakerPolicy.failure_rate must be a fraction in (0, 1] (0.5 = half the "
-                f"calls), got {self.failure_rate!r}"
+    @field_validator("max_cooldown")
+    @classmethod
+    def _at_least_cooldown(cls, value: float, info: ValidationInfo) -> float:
+        cooldown = info.data.get("cooldown")
+        if cooldown is not None and value < cooldown:
+            raise PydanticCustomError(
+                "fastpipe_ref", "must be >= cooldown", {"other": "cooldown", "bound": cooldown}
             )
-            raise ConfigError(msg)
-        _check_number("BreakerPolicy", "cooldown", self.cooldown, minimum=0, strict=False)
-        _check_number("BreakerPolicy", "max_cooldown", self.max_cooldown,
-                      minimum=0, strict=False)  # fmt: skip
-        if self.max_cooldown < self.cooldown:
-            msg = (
-                f"BreakerPolicy.max_cooldown must be >= BreakerPolicy.cooldown "
-                f"({self.cooldown!r}), got {self.max_cooldown!r}"
+        return value
+
+
+_POLICIES: Mapping[str, type[_Knobs]] = {
+    "limits": PoolLimits,
+    "retry": RetryPolicy,
+    "breaker": BreakerPolicy,
+}
+
+
+class EndpointConfig(_Knobs):
+    """Everything that identifies one endpoint's shared pool; frozen and hashable.
+
+    ``limits``, ``retry`` and ``breaker`` take instances of their classes.
+    """
+
+    base_url: str = Field(
+        description="``http(s)://host[:port][/path]``; request paths are appended to it."
+    )
+    http2: bool = Field(
+        True, description="Offer HTTP/2 by ALPN on https endpoints (falls back to HTTP/1.1)."
+    )
+    http2_prior_knowledge: bool = Field(
+        False, description="Speak HTTP/2 directly (h2c) on plain http endpoints; opt-in."
+    )
+    limits: PoolLimits = Field(default_factory=PoolLimits, description="Connection pool limits.")
+    timeout: float = Field(
+        30.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Read/write/pool timeout per request, in seconds.",
+    )
+    connect_timeout: float = Field(
+        5.0,
+        gt=0,
+        allow_inf_nan=False,
+        description=(
+            "Time allowed to open one connection (TCP, TLS and HTTP/2 handshakes), in seconds."
+        ),
+    )
+    verify: Annotated[bool | str, BeforeValidator(_bool_or_path)] = Field(
+        True,
+        description="TLS verification: True, False, or the path of a CA bundle (e.g. a test CA).",
+    )
+    retry: RetryPolicy = Field(default_factory=RetryPolicy, description="When and how to retry.")
+    breaker: BreakerPolicy = Field(
+        default_factory=BreakerPolicy, description="The circuit breaker policy."
+    )
+    max_response_bytes: int = Field(
+        64 * 1024 * 1024, ge=1, description="Largest non-streamed reply body accepted."
+    )
+    pooling: bool = Field(
+        True,
+        description=(
+            "Share one pooled client per endpoint. False makes a fresh HTTP/1.1 client per "
+            "request (the baseline of benchmarks)."
+        ),
+    )
+    engine: Engine = Field(
+        "auto",
+        description=(
+            'Engine of async calls: "auto" (default: aiohttp for http:// servers, which '
+            "speak HTTP/1.1, where aiohttp costs a fraction of httpcore's CPU per request; "
+            'httpx with HTTP/2 by ALPN for https:// and for h2c), "httpx" or "aiohttp" '
+            "(httpx_aiohttp.AiohttpTransport: same httpx API, HTTP/1.1 only). Sync calls "
+            "always use httpx."
+        ),
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        problem = url_error(value)
+        if problem is not None:
+            raise problem
+        return value
+
+    @field_validator("limits", "retry", "breaker", mode="before")
+    @classmethod
+    def _policy_instance(cls, value: object, info: ValidationInfo) -> object:
+        expected = _POLICIES[str(info.field_name)]
+        if not isinstance(value, expected):
+            raise PydanticCustomError(
+                "fastpipe_type",
+                "must be a {expected}, got {got}",
+                {"expected": expected.__name__, "got": type(value).__name__},
             )
-            raise ConfigError(msg)
-        _check_number("BreakerPolicy", "cooldown_factor", self.cooldown_factor,
-                      minimum=1, strict=False)  # fmt: skip
-        _check_int("BreakerPolicy", "half_open_max_calls", self.half_open_max_calls, minimum=1)
+        return value
 
-
-def redact_url(url: str) -> str:
-    """``scheme://host:port/path`` of ``url``: no credentials, query or fragment.
-
-    Args:
-        url: Any URL string (it may be malformed).
-
-    Returns:
-        The redacted form, safe for messages, logs and statistics.
-    """
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = parts.port
-    except ValueError:
-        # Malformed (e.g. a bad port): keep only what is certainly not a secret.
-        head, sep, rest = url.partition("://")
-        netloc = rest.split("/", 1)[0].rsplit("@", 1)[-1] if sep else ""
-        return f"{head}://{netloc}" if sep else "<unparseable url>"
-    scheme = parts.scheme.lower()
-    if ":" in host:
-        host = f"[{host}]"
-    if port is None:
-        port = _DEFAULT_PORTS.get(scheme)
-    netloc = f"{host}:{port}" if port is not None else host
-    return f"{scheme}://{netloc}{parts.path.rstrip('/')}"
-
-
-def quote_url(url: str) -> str:
-    """``url`` as the user wrote it, less anything that may be a secret, for messages.
-
-    Unlike :func:`redact_url` nothing is normalised (no lower-casing, default port or
-    trailing-slash removal, and a scheme-less ``host:port`` stays as written), so a
-    message can quote the user's own value. Credentials (``user:password@``, also in a
-    scheme-less value) are dropped and a query or fragment becomes ``?<redacted>``.
-
-    Args:
-        url: Any string given as a URL (it may be malformed).
-
-    Returns:
-        The value to quote.
-    """
-    cut = min((i for i in (url.find("?"), url.find("#")) if i >= 0), default=-1)
-    text = url if cut < 0 else url[:cut]
-    scheme, sep, rest = text.partition("://")
-    if not sep:
-        scheme, rest = "", text
-    authority, slash, path = rest.partition("/")
-    if "@" in authority:
-        authority = authority.rpartition("@")[2]
-    quoted = f"{scheme}{sep}{authority}{slash}{path}"
-    return quoted if cut < 0 else f"{quoted}{url[cut]}<redacted>"
-
-
-_BASE_URL_FORM = "http(s)://host[:port][/path]"
-_SCHEME_SLASHES = re.compile(r"^(https?):/*(?=[^/])", re.IGNORECASE)
-
-
-def _base_url_suggestion(url: str) -> str | None:
-    """A valid base URL the user probably meant by ``url``, or None.
-
-    Covers a missing scheme (``localhost:8080`` -> ``http://localhost:8080``), a scheme
-    with too few slashes (``http:localhost``), ``//host`` and surrounding whitespace.
-    Nothing is suggested for a value with credentials, a query or a fragment.
-    """
-    candidate = url.strip()
-    if "://" not in candidate:
-        if candidate.startswith("//"):
-            candidate = "http:" + candidate
-        elif match := _SCHEME_SLASHES.match(candidate):
-            candidate = f"{match.group(1)}://{candidate[match.end() :]}"
-        else:
-            candidate = "http://" + candidate
-    if candidate == url or any(c in candidate for c in "@?#"):
-        return None
-    try:
-        _validate_base_url(candidate)
-    except ConfigError:
-        return None
-    return candidate
-
-
-def _base_url_error(problem: str, url: str) -> ConfigError:
-    """``EndpointConfig.base_url <problem>``, with a suggestion when one is found."""
-    hint = _base_url_suggestion(url)
-    suffix = f"; did you mean {hint!r}?" if hint is not None else ""
-    return ConfigError(f"EndpointConfig.base_url {problem}{suffix}")
-
-
-def _validate_base_url(base_url: object) -> None:
-    """Raise ConfigError unless ``base_url`` is ``http(s)://host[:port][/path]``.
-
-    The message quotes the user's own value (:func:`quote_url`: as written, without
-    credentials, query or fragment) and suggests the URL they probably meant (for a
-    scheme-less ``host:port``, ``http://host:port``).
-    """
-    if not isinstance(base_url, str):
-        msg = f"EndpointConfig.base_url must be a str, got {type(base_url).__name__}"
-        raise ConfigError(msg)
-    shown = quote_url(base_url)
-    if not base_url.strip():
-        problem = f"must be {_BASE_URL_FORM} (e.g. 'http://localhost:8080'), got {shown!r}"
-        raise _base_url_error(problem, base_url)
-    if base_url != base_url.strip():
-        raise _base_url_error(f"has leading or trailing whitespace, got {shown!r}", base_url)
-    try:
-        parts = urlsplit(base_url)
-        _ = parts.port  # raises ValueError on a bad port
-    except ValueError as exc:
-        raise _base_url_error(f"is not a valid URL ({exc}), got {shown!r}", base_url) from exc
-    if parts.scheme.lower() not in _DEFAULT_PORTS:
-        raise _base_url_error(f"must use http or https, got {shown!r}", base_url)
-    if not parts.hostname:
-        raise _base_url_error(f"has no host, got {shown!r}", base_url)
-    if any(c.isspace() for c in base_url):
-        raise _base_url_error(f"must not contain whitespace, got {shown!r}", base_url)
-    if "?" in base_url or "#" in base_url:
-        # Paths are appended to base_url, so a query would end up in the middle of the
-        # URL; and a query may hold a key (``?api-key=...``): it is never shown.
-        msg = (
-            "EndpointConfig.base_url must not have a query or fragment (pass keys as "
-            f"headers, not in the URL), got {shown!r}"
-        )
-        raise ConfigError(msg)
-
-
-@dataclass(frozen=True, kw_only=True)
-class EndpointConfig:
-    """Everything that identifies one endpoint's shared pool; hashable.
-
-    Attributes:
-        base_url: ``http(s)://host[:port][/path]``; request paths are appended to it.
-        http2: Offer HTTP/2 through ALPN over TLS (falls back to HTTP/1.1).
-        http2_prior_knowledge: Speak HTTP/2 directly on plain http (h2c); opt-in.
-        limits: Connection pool limits.
-        timeout: Read, write and pool timeout in seconds.
-        connect_timeout: Connect (TCP + TLS) timeout in seconds.
-        verify: True (system/certifi CAs), False (no verification) or a CA bundle path.
-        retry: When and how to retry.
-        breaker: The circuit breaker policy.
-        max_response_bytes: Largest non-streamed reply body accepted.
-        pooling: False gives a fresh HTTP/1.1 client per request (the "flag off" baseline).
-        engine: The engine of async calls. ``"auto"`` (the default) picks the fastest for
-            the URL (:attr:`async_engine`): aiohttp for plain ``http://`` endpoints (local
-            servers speak HTTP/1.1, where aiohttp costs a fraction of httpcore's CPU per
-            request), httpx with HTTP/2 by ALPN for ``https://`` and for h2c.
-            ``"httpx"`` always uses httpx (httpcore); ``"aiohttp"`` always uses
-            ``httpx_aiohttp.AiohttpTransport`` (same httpx API, HTTP/1.1 only). Sync
-            calls always use httpx.
-    """
-
-    base_url: str
-    http2: bool = True
-    http2_prior_knowledge: bool = False
-    limits: PoolLimits = field(default_factory=PoolLimits)
-    timeout: float = 30.0
-    connect_timeout: float = 5.0
-    verify: bool | str = True
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
-    max_response_bytes: int = 64 * 1024 * 1024
-    pooling: bool = True
-    engine: Engine = "auto"
-
-    def __post_init__(self) -> None:
-        """Validate every field."""
-        _validate_base_url(self.base_url)
-        if self.engine not in ENGINES:
-            msg = f"EndpointConfig.engine must be one of {ENGINES}, got {self.engine!r}"
-            raise ConfigError(msg)
-        if self.engine == "aiohttp" and self.http2_prior_knowledge:
-            msg = "EndpointConfig.engine='aiohttp' is HTTP/1.1 only: unset http2_prior_knowledge"
-            raise ConfigError(msg)
-        for name, expected in (
-            ("limits", PoolLimits),
-            ("retry", RetryPolicy),
-            ("breaker", BreakerPolicy),
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, expected):
-                msg = (
-                    f"EndpointConfig.{name} must be a {expected.__name__}, "
-                    f"got {type(value).__name__}"
-                )
-                raise ConfigError(msg)
-        _check_number("EndpointConfig", "timeout", self.timeout, minimum=0, strict=True)
-        _check_number("EndpointConfig", "connect_timeout", self.connect_timeout,
-                      minimum=0, strict=True)  # fmt: skip
-        _check_int("EndpointConfig", "max_response_bytes", self.max_response_bytes, minimum=1)
-        if not isinstance(self.verify, (bool, str)):
-            msg = (
-                "EndpointConfig.verify must be a bool or a CA file path, "
-                f"got {type(self.verify).__name__}"
+    @field_validator("engine")
+    @classmethod
+    def _engine_speaks_h2c(cls, value: Engine, info: ValidationInfo) -> Engine:
+        if value == "aiohttp" and info.data.get("http2_prior_knowledge"):
+            raise PydanticCustomError(
+                "fastpipe_conflict",
+                "is 'aiohttp', which speaks HTTP/1.1 only: unset http2_prior_knowledge",
             )
-            raise ConfigError(msg)
+        return value
+
+    @classmethod
+    def from_config(cls, config: FastpipeConfig, **overrides: Any) -> EndpointConfig:
+        """The endpoint of a :class:`~langchain_fastpipe.config.FastpipeConfig`'s backend.
+
+        Args:
+            config: The configuration (its flags and pool settings are applied: pooling
+                off gives ``pooling=False``, a fresh HTTP/1.1 client per request).
+            **overrides: Fields to set on top (``verify=``, ``base_url=``...).
+
+        Returns:
+            The endpoint configuration.
+        """
+        values = {"base_url": config.resolved_base_url(), **wire_knobs(config)}
+        for key, value in overrides.items():
+            if isinstance(value, _Knobs):
+                values = {k: v for k, v in values.items() if not k.startswith(f"{key}.")}
+            values[key] = value
+        return build_endpoint_config(values)
 
     @property
     def async_engine(self) -> Literal["httpx", "aiohttp"]:
@@ -436,3 +407,101 @@ class EndpointConfig:
             f"http2_prior_knowledge={self.http2_prior_knowledge}, pooling={self.pooling}, "
             f"engine={self.engine!r})"
         )
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class EndpointPath:
+    """Field metadata: where a field of another model lives in :class:`EndpointConfig`.
+
+    Attributes:
+        path: A dotted path such as ``"timeout"`` or ``"breaker.window"``.
+    """
+
+    path: str
+
+
+def knob(path: str) -> Any:
+    """The declaration of an :class:`EndpointConfig` knob, for another model's field.
+
+    The returned ``FieldInfo`` carries the knob's default, bounds and description, and an
+    :class:`EndpointPath` marker, so ``timeout: float = knob("timeout")`` in a pydantic
+    model declares a field that maps onto ``EndpointConfig.timeout`` (see
+    :func:`knob_paths`).
+
+    Args:
+        path: The knob's dotted path (``"timeout"``, ``"limits.max_connections"``).
+
+    Returns:
+        A copy of the knob's ``FieldInfo`` (typed Any, as pydantic's ``Field`` is).
+    """
+    head, _, leaf = path.partition(".")
+    model: type[_Knobs] = _POLICIES[head] if leaf else EndpointConfig
+    declared = copy.copy(model.model_fields[leaf or head])
+    declared.metadata = [*declared.metadata, EndpointPath(path)]
+    return declared
+
+
+def knob_paths(model: type[BaseModel]) -> dict[str, str]:
+    """The fields of ``model`` declared with :func:`knob`: field name -> knob path."""
+    return {
+        name: meta.path
+        for name, info in model.model_fields.items()
+        for meta in info.metadata
+        if isinstance(meta, EndpointPath)
+    }
+
+
+def build_endpoint_config(
+    values: Mapping[str, Any],
+    *,
+    owner: str = "EndpointConfig",
+    names: Mapping[str, str] | None = None,
+) -> EndpointConfig:
+    """An :class:`EndpointConfig` from knob values by dotted path, validated once.
+
+    Args:
+        values: ``{"base_url": ..., "timeout": 3.0, "limits.max_connections": 7, ...}``;
+            a policy may also be given whole (``"retry": RetryPolicy(...)``).
+        owner: The class the user built, named in errors (``"ChatFastpipe"``).
+        names: The owner's field of each path (``{"breaker.window": "breaker_window"}``).
+
+    Returns:
+        The endpoint configuration.
+
+    Raises:
+        ConfigError: A value is not valid; the message names the owner's field.
+    """
+    names = names or {}
+    top: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for path, value in values.items():
+        head, _, leaf = path.partition(".")
+        if leaf:
+            nested.setdefault(head, {})[leaf] = value
+        else:
+            top[path] = value
+    for head, data in nested.items():
+        top[head] = _POLICIES[head]._validated(data, owner, names, prefix=head)
+    return EndpointConfig._validated(top, owner, names)
+
+
+def wire_knobs(config: FastpipeConfig) -> dict[str, Any]:
+    """The endpoint knobs a :class:`~langchain_fastpipe.config.FastpipeConfig` sets, by path.
+
+    The one mapping of the configuration's ``performance_optimizations`` onto the wire:
+    ``api_timeout_seconds`` -> ``timeout``, ``connection_pool_size`` ->
+    ``limits.max_keepalive_connections`` (``limits.max_connections`` is raised to it if
+    lower), ``enable_connection_pooling`` -> ``pooling``, and so on.
+    """
+    po = config.performance_optimizations
+    return {
+        "http2": po.http2,
+        "pooling": po.enable_connection_pooling,
+        "timeout": po.api_timeout_seconds,
+        "connect_timeout": po.connect_timeout_seconds,
+        "limits.max_keepalive_connections": po.connection_pool_size,
+        "limits.max_connections": max(po.max_connections, po.connection_pool_size),
+        "retry.max_retries": po.max_retries,
+    }
