@@ -93,8 +93,24 @@ __all__ = ["ChatFastpipe", "set_preload_hook"]
 
 logger = logging.getLogger(__name__)
 
-#: Called with each ChatFastpipe built with ``preload=True`` (set by the preloader).
-_preload_hook: Callable[[ChatFastpipe], None] | None = None
+
+def _register_with_runtime(model: ChatFastpipe) -> None:
+    """The default preload hook: record ``model`` in the default preloader (no I/O)."""
+    from langchain_fastpipe._runtime import runtime
+
+    runtime().register_model(model)
+
+
+def _warm_pending() -> None:
+    """At a ``preload=True`` model's first call: start the warm-ups nothing started."""
+    from langchain_fastpipe._runtime import runtime
+
+    runtime().warm_pending()
+
+
+#: Called with each ChatFastpipe built with ``preload=True``: records it in the default
+#: preloader; nothing is contacted and no thread or task is started.
+_preload_hook: Callable[[ChatFastpipe], None] | None = _register_with_runtime
 #: Preload keys (:meth:`ChatFastpipe.preload_key`) already handed to the current hook.
 _preloaded: set[tuple[str, str, str, str, str]] = set()
 _preloaded_lock = threading.Lock()
@@ -103,8 +119,8 @@ _preloaded_lock = threading.Lock()
 def set_preload_hook(hook: Callable[[ChatFastpipe], None] | None) -> None:
     """Install the function that ``preload=True`` models are handed to on construction.
 
-    The preloader (``langchain_fastpipe.preload``) installs one that registers the model
-    (and schedules its warm-up); None removes it. Equal models (same
+    The default hook records the model in the default preloader (it is warmed at the
+    application's start, or at its first call); None removes it. Equal models (same
     :meth:`ChatFastpipe.preload_key`) are handed over once per installed hook, so building
     the same model again does no further work.
 
@@ -329,9 +345,10 @@ class ChatFastpipe(BaseChatModel):
     baseline of benchmarks)."""
 
     preload: bool = False
-    """Register the model with the preloader on construction (through its hook, see
-    :func:`set_preload_hook`; without one installed this does nothing). Equal models are
-    registered once."""
+    """Record the model in the default preloader on construction (through its hook, see
+    :func:`set_preload_hook`), contacting nothing; equal models are recorded once. It is
+    warmed by ``fastpipe_lifespan``/``preload()``/``preload_sync()``, or, when nothing
+    started those, the model's first call starts every pending warm-up in the background."""
 
     #: ``(provider, api_key)`` when the key was read from that provider's env variables.
     _env_key: tuple[str, SecretStr | None] | None = PrivateAttr(default=None)
@@ -474,6 +491,8 @@ class ChatFastpipe(BaseChatModel):
         config = self.endpoint_config
         client = get_pool(config)
         self._transport = (config, client)
+        if self.preload:  # the first call: start the warm-ups nothing started yet
+            _warm_pending()
         return client
 
     def preload_key(self) -> tuple[str, str, str, str, str]:

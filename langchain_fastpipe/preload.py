@@ -26,13 +26,20 @@ Prompts beyond the number of slots stay in its host-memory prompt cache (``--cac
 A failed warm-up never breaks the application: :meth:`ModelPreloader.preload` reports
 it in a :class:`PreloadResult` and the model still works (it just pays the cold start).
 
-Startup integrations:
+Registering records a model and contacts nothing; warm-ups run where the application
+starts:
 
-* ``await default_preloader.preload()`` or ``preload_sync()`` at startup;
+* ``await preload()`` or ``preload_sync()`` at startup;
 * ``FastAPI(lifespan=fastpipe_lifespan)`` (any ASGI framework with lifespan support);
-* ``ChatFastpipe(..., preload=True)``, which calls :func:`register_and_schedule`;
-* the ``FASTPIPE_PRELOAD`` environment variable, read at import, e.g.
-  ``FASTPIPE_PRELOAD="ollama:llama3@http://127.0.0.1:11434,openai:gpt-4o-mini"``.
+* models registered by ``ChatFastpipe(..., preload=True)`` or by the ``FASTPIPE_PRELOAD``
+  environment variable (read when the default preloader is created, at the import of
+  this module at the latest), e.g.
+  ``FASTPIPE_PRELOAD="ollama:llama3@http://127.0.0.1:11434,openai:gpt-4o-mini"``, are
+  warmed by those; when nothing did, the first call of a ``preload=True`` model starts
+  the warm-ups of every model not yet warmed, in the background
+  (:meth:`ModelPreloader.warm_pending`).
+
+Importing this module starts nothing (no thread, no task, no socket).
 """
 
 from __future__ import annotations
@@ -51,13 +58,12 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
-    Coroutine,
     Iterable,
     Mapping,
     Sequence,
 )
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage, convert_to_messages
@@ -72,10 +78,13 @@ from langchain_core.runnables import (
 )
 from langchain_core.runnables.passthrough import RunnableAssign
 
-from langchain_fastpipe.chat_models import ChatFastpipe, set_preload_hook
+from langchain_fastpipe import _metrics as m
+from langchain_fastpipe._metrics import Node
+from langchain_fastpipe._runtime import runtime
+from langchain_fastpipe.chat_models import ChatFastpipe
 from langchain_fastpipe.errors import PreloadError
 from langchain_fastpipe.stats import Histogram, registry
-from langchain_fastpipe.transport import get_pool
+from langchain_fastpipe.transport import aclose_pools, get_pool
 
 if TYPE_CHECKING:
     from langchain_fastpipe.config import FastpipeConfig
@@ -94,7 +103,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Environment variable listing models to register at import.
+#: Environment variable listing models the default preloader records.
 PRELOAD_ENV = "FASTPIPE_PRELOAD"
 
 #: A warm-up: receives a callback to report each step done ("connections", ...).
@@ -102,7 +111,6 @@ WarmFn = Callable[[Callable[[str], None]], Awaitable[None]]
 #: The blocking form of a warm-up, used by :meth:`ModelPreloader.preload_sync`.
 SyncWarmFn = Callable[[Callable[[str], None]], None]
 SleepFn = Callable[[float], Awaitable[None]]
-T = TypeVar("T")
 
 #: The run name (and tag) of the 1-token requests that carry a registered prompt.
 WARMUP_RUN_NAME = "fastpipe_warmup"
@@ -558,38 +566,6 @@ def _spec_chat(spec: PreloadSpec) -> ChatFastpipe:
     return ChatFastpipe(**kwargs)
 
 
-class _LoopThread:
-    """One long-lived event loop in a daemon thread, for async warm-ups from sync code.
-
-    Async clients opened by a warm-up stay bound to this loop, which never closes while
-    the process runs, so their sockets stay usable and owned instead of being stranded on
-    a throwaway ``asyncio.run()`` loop (a client reused after its loop closed fails with
-    "Event loop is closed", BerriAI/litellm#7667).
-    """
-
-    def __init__(self) -> None:
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._lock = threading.Lock()
-
-    def loop(self) -> asyncio.AbstractEventLoop:
-        """The running loop, started on first use."""
-        with self._lock:
-            if self._loop is None or self._loop.is_closed():
-                loop = asyncio.new_event_loop()
-                threading.Thread(
-                    target=loop.run_forever, name="fastpipe-preload-loop", daemon=True
-                ).start()
-                self._loop = loop
-            return self._loop
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run ``coro`` on the loop and block until it ends; returns its result."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop()).result()
-
-
-_loop_thread = _LoopThread()
-
-
 def _default_name(target: object) -> str:
     """A stable registration name for a model object."""
     from langchain_fastpipe.local import LocalModelServer
@@ -635,18 +611,25 @@ class _PreloadStats:
         with self._lock:
             self.refreshes += 1
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> Node:
+        """The ``preload_*`` metric families (``models``: the last result per name)."""
+        node = Node()
         with self._lock:
-            return {
-                "warmups": dict(self.counts),
-                "refreshes": self.refreshes,
-                "seconds": self.seconds.snapshot(),
-                "models": {name: dict(last) for name, last in sorted(self.last.items())},
-            }
+            warmups = node.child("warmups")
+            for status, count in self.counts.items():
+                warmups.put(m.PRELOAD_WARMUPS, count, status=status)
+            node.put(m.PRELOAD_REFRESHES, self.refreshes)
+            node.put(m.PRELOAD_SECONDS, self.seconds)
+            models = node.child("models")
+            for name, last in sorted(self.last.items()):
+                entry = models.child(name, key_label="model")
+                entry.update(last)
+                entry.put(m.PRELOAD_STATUS, last["status"])
+                entry.put(m.PRELOAD_MODEL_SECONDS, last["seconds"])
+        return node
 
 
 _stats = _PreloadStats()
-registry.register("preload", _stats.snapshot)
 
 
 # --------------------------------------------------------------------------- the preloader
@@ -664,7 +647,8 @@ class _Entry:
 class ModelPreloader:
     """A set of models to warm, warmed concurrently by :meth:`preload`.
 
-    Use the global :data:`default_preloader` or your own instances.
+    Use the default one (``default_preloader``, :func:`register`, :func:`preload`) or your
+    own instances.
 
     Args:
         clock: Monotonic clock for the seconds in results (injectable for tests).
@@ -684,6 +668,7 @@ class ModelPreloader:
         self._lock = threading.Lock()
         self._refresh_tasks: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        self._pending: dict[str, None] = {}  # registered, no warm-up started (ordered set)
         self.results: dict[str, PreloadResult] = {}
 
     def __repr__(self) -> str:
@@ -823,12 +808,14 @@ class ModelPreloader:
                 refresh_every=refresh_every,
                 warm_sync=warm_sync,
             )
+            self._pending[key] = None
         return key
 
     def unregister(self, name: str) -> None:
         """Forget a model (and stop its refresh task, if any)."""
         with self._lock:
             self._entries.pop(name, None)
+            self._pending.pop(name, None)
             task = self._refresh_tasks.pop(name, None)
         if task is not None:
             task.cancel()
@@ -849,13 +836,14 @@ class ModelPreloader:
     def _warm_one_blocking(self, entry: _Entry, timeout: float | None) -> PreloadResult:
         """Warm one entry from this thread (its sync form when it has one), never raising.
 
-        An entry without a sync form runs its async warm-up on the package's long-lived
-        preload loop (cancelled at its timeout). A blocking warm-up cannot be
-        interrupted: past its timeout it is reported ``timed_out`` and left to finish
-        (bounded by its own HTTP timeout) in its daemon thread.
+        An entry without a sync form runs its async warm-up on a short-lived event loop of
+        this thread (cancelled at its timeout), which closes the async clients it opened
+        before it ends. A blocking warm-up cannot be interrupted: past its timeout it is
+        reported ``timed_out`` and left to finish (bounded by its own HTTP timeout) in its
+        daemon thread.
         """
         if entry.warm_sync is None:
-            return _loop_thread.run(self._warm_one(entry, timeout))
+            return asyncio.run(self._warm_on_own_loop(entry, timeout))
         steps: list[str] = []
         start = self._clock()
         limit = entry.timeout if timeout is None else timeout
@@ -878,6 +866,13 @@ class ModelPreloader:
         if "error" in box:
             return self._finish(entry, start, steps, PreloadStatus.FAILED, _describe(box["error"]))
         return self._finish(entry, start, steps, PreloadStatus.OK, None)
+
+    async def _warm_on_own_loop(self, entry: _Entry, timeout: float | None) -> PreloadResult:
+        """:meth:`_warm_one`, then close the pools' clients of this (short-lived) loop."""
+        try:
+            return await self._warm_one(entry, timeout)
+        finally:
+            await aclose_pools()
 
     def _finish(
         self,
@@ -940,8 +935,8 @@ class ModelPreloader:
 
         Each model warms in its own thread, concurrently. Chat models warm their *sync*
         client (the one ``invoke``/``stream`` use) and load the model on the server;
-        other models run their async warm-up on a private event loop. The server-side
-        model load and a started local server serve every later caller.
+        other models run their async warm-up on a short-lived event loop of that thread.
+        The server-side model load and a started local server serve every later caller.
 
         Args:
             names: Only these registered names (default: all).
@@ -973,16 +968,55 @@ class ModelPreloader:
         return done
 
     def _select(self, names: Iterable[str] | None) -> list[_Entry]:
+        """The entries to warm now (no longer pending)."""
         with self._lock:
-            if names is None:
-                return list(self._entries.values())
-            wanted = list(names)
+            wanted = list(self._entries) if names is None else list(names)
             unknown = [n for n in wanted if n not in self._entries]
             if unknown:
                 raise PreloadError(
                     f"preload: unknown model name(s) {unknown}; registered: {list(self._entries)}"
                 )
+            for name in wanted:
+                self._pending.pop(name, None)
             return [self._entries[n] for n in wanted]
+
+    def pending(self) -> list[str]:
+        """Registered names whose warm-up nothing has started yet."""
+        with self._lock:
+            return list(self._pending)
+
+    def warm_pending(self) -> list[str]:
+        """Start warming the :meth:`pending` models in the background; never raises.
+
+        What the first call of a ``preload=True`` model does when nothing warmed the
+        registered models yet. With a running event loop the warm-up is a task of that
+        loop (:meth:`schedule`); otherwise a short-lived thread runs :meth:`preload_sync`
+        and ends with it. Failures are logged and recorded in the stats.
+
+        Returns:
+            The names whose warm-up started (empty when none was pending).
+        """
+        with self._lock:
+            names = list(self._pending)
+            self._pending.clear()
+        if not names:
+            return []
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            threading.Thread(
+                target=self._warm_quietly, args=(names,), name="fastpipe-preload"
+            ).start()
+        else:
+            self.schedule(names)
+        return names
+
+    def _warm_quietly(self, names: list[str]) -> None:
+        """Thread body of :meth:`warm_pending`: warm, log, never raise."""
+        try:
+            self.preload_sync(names)
+        except Exception:  # pragma: no cover - preload_sync reports rather than raises
+            logger.exception("background preload of %s failed", names)
 
     # ------------------------------------------------------------ keep-alive refresh
     def start_refresh(self) -> list[str]:
@@ -1031,7 +1065,8 @@ class ModelPreloader:
 
         The task is kept referenced until it ends; its failures are only reported.
         """
-        task = asyncio.get_running_loop().create_task(self.preload(names))
+        chosen = [entry.name for entry in self._select(names)]  # no longer pending
+        task = asyncio.get_running_loop().create_task(self.preload(chosen))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task
@@ -1060,61 +1095,19 @@ class ModelPreloader:
             entry.started_server = False
 
 
-#: The package-wide preloader (``FASTPIPE_PRELOAD`` and ``ChatFastpipe(preload=True)``).
-default_preloader = ModelPreloader()
-
-
 def register(model: object, **kwargs: Any) -> str:
-    """Register ``model`` with :data:`default_preloader` (see :meth:`ModelPreloader.register`)."""
-    return default_preloader.register(model, **kwargs)
+    """Register ``model`` with the default preloader (see :meth:`ModelPreloader.register`)."""
+    return runtime().preloader.register(model, **kwargs)
 
 
 async def preload(**kwargs: Any) -> list[PreloadResult]:
-    """Warm every model of :data:`default_preloader` (see :meth:`ModelPreloader.preload`)."""
-    return await default_preloader.preload(**kwargs)
+    """Warm every model of the default preloader (see :meth:`ModelPreloader.preload`)."""
+    return await runtime().preloader.preload(**kwargs)
 
 
 def preload_sync(**kwargs: Any) -> list[PreloadResult]:
     """Blocking :func:`preload` (see :meth:`ModelPreloader.preload_sync`)."""
-    return default_preloader.preload_sync(**kwargs)
-
-
-def register_and_schedule(
-    model: object, *, preloader: ModelPreloader | None = None, **kwargs: Any
-) -> str:
-    """Register ``model`` and start warming it now, without blocking the caller.
-
-    This is what ``ChatFastpipe(preload=True)`` calls. With a running event loop the
-    warm-up is a background task of that loop; otherwise it runs in a daemon thread.
-    Failures are logged and recorded in the stats, never raised.
-
-    Args:
-        model: What :meth:`ModelPreloader.register` accepts.
-        preloader: Defaults to :data:`default_preloader`.
-        **kwargs: Passed to :meth:`ModelPreloader.register`.
-
-    Returns:
-        The registered name.
-    """
-    target = preloader if preloader is not None else default_preloader
-    name = target.register(model, **kwargs)
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        threading.Thread(
-            target=_warm_quietly, args=(target, name), name="fastpipe-preload", daemon=True
-        ).start()
-    else:
-        target.schedule([name])
-    return name
-
-
-def _warm_quietly(preloader: ModelPreloader, name: str) -> None:
-    """Thread body of :func:`register_and_schedule`: warm, log, never raise."""
-    try:
-        preloader.preload_sync([name])
-    except Exception:  # pragma: no cover - preload reports rather than raises
-        logger.exception("background preload of %s failed", name)
+    return runtime().preloader.preload_sync(**kwargs)
 
 
 def register_from_env(
@@ -1124,16 +1117,17 @@ def register_from_env(
     """Register the models named in ``FASTPIPE_PRELOAD`` (never raises).
 
     Nothing is contacted: each entry becomes a :class:`PreloadSpec` whose ChatFastpipe is
-    built at its first warm-up. Invalid entries are logged and skipped.
+    built at its first warm-up. Invalid entries are logged and skipped. The default
+    preloader does this once, when it is created.
 
     Args:
-        preloader: Defaults to :data:`default_preloader`.
+        preloader: Defaults to the default preloader.
         environ: Defaults to ``os.environ``.
 
     Returns:
         The names registered.
     """
-    target = preloader if preloader is not None else default_preloader
+    target = preloader if preloader is not None else runtime().preloader
     text = (environ if environ is not None else os.environ).get(PRELOAD_ENV, "")
     specs, errors = parse_preload_env(text)
     for message in errors:
@@ -1166,7 +1160,7 @@ async def fastpipe_lifespan(
 
     Args:
         app: The ASGI app (unused; the lifespan protocol passes it).
-        preloader: Defaults to :data:`default_preloader`.
+        preloader: Defaults to the default preloader.
         wait: Finish warming before serving (True) or warm in the background (False).
         refresh: Run the keep-alive refresh tasks while the app runs.
         raise_on_error: Abort startup if a warm-up fails (default: report and serve).
@@ -1175,7 +1169,7 @@ async def fastpipe_lifespan(
     Yields:
         The lifespan state: ``{"fastpipe_preload": [PreloadResult, ...]}``.
     """
-    target = preloader if preloader is not None else default_preloader
+    target = preloader if preloader is not None else runtime().preloader
     results: list[PreloadResult] = []
     if wait:
         results = await target.preload(raise_on_error=raise_on_error)
@@ -1189,21 +1183,9 @@ async def fastpipe_lifespan(
         await target.aclose(stop_servers=stop_servers)
 
 
-def _register_env_at_import() -> None:
-    """Import-time hook: never blocks, never raises."""
-    try:
-        register_from_env()
-    except Exception:  # pragma: no cover - defensive: the import must not fail
-        logger.exception("could not read %s", PRELOAD_ENV)
+registry.register("preload", _stats.snapshot)
 
-
-def _chat_preload_hook(model: ChatFastpipe) -> None:
-    """``ChatFastpipe(preload=True)`` calls this from its constructor: never raises."""
-    try:
-        register_and_schedule(model)
-    except Exception:  # pragma: no cover - registering a ChatFastpipe cannot fail
-        logger.exception("could not schedule the preload of %s", _default_name(model))
-
-
-_register_env_at_import()
-set_preload_hook(_chat_preload_hook)
+#: The default preloader: the runtime's (``FASTPIPE_PRELOAD`` and ``preload=True`` models).
+#: Creating it records the ``FASTPIPE_PRELOAD`` models (invalid entries are logged and
+#: skipped); nothing is contacted until a warm-up runs.
+default_preloader: ModelPreloader = runtime().preloader

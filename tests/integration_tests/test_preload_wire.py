@@ -7,11 +7,14 @@ concurrency through its count of in-flight requests, never through timing.
 from __future__ import annotations
 
 import asyncio
-import time
+import threading
 from collections.abc import Callable
 
+import pytest
 from langchain_core.output_parsers import StrOutputParser
 
+from langchain_fastpipe import chat_models
+from langchain_fastpipe._runtime import runtime
 from langchain_fastpipe.chat_models import ChatFastpipe
 from langchain_fastpipe.emulator import EmulatorConfig, EmulatorServer, Fault, ModelProfile
 from langchain_fastpipe.pipeline import AnswerPipeline
@@ -203,7 +206,7 @@ async def test_env_spec_is_built_and_warmed_lazily(make_emulator: MakeEmulator) 
     assert "envmodel" in emu.loaded_models
 
 
-async def test_chat_model_preload_true_warms_in_the_background(
+async def test_chat_model_preload_true_registers_and_preload_warms_it(
     make_emulator: MakeEmulator,
 ) -> None:
     emu = make_emulator()
@@ -211,32 +214,55 @@ async def test_chat_model_preload_true_warms_in_the_background(
     name = f"ollama:eager@{emu.base_url}"
     try:
         assert name in default_preloader.names()
-        tasks = list(default_preloader._background)
-        assert tasks, "preload=True scheduled no warm-up"
-        await asyncio.gather(*tasks)
+        assert emu.requests == 0  # the constructor only registers
+        assert not default_preloader._background
+        (result,) = await default_preloader.preload([name])
+        assert result.ok, result.error
         assert "eager" in emu.loaded_models
-        assert default_preloader.results[name].ok
         await llm.ainvoke("hi")
         assert emu.load_counts == {"eager": 1}
     finally:
         default_preloader.unregister(name)
 
 
-def test_chat_model_preload_true_without_a_loop_warms_in_a_thread(
-    make_emulator: MakeEmulator,
+@pytest.fixture
+def fresh_default_preloader(monkeypatch: pytest.MonkeyPatch) -> ModelPreloader:
+    """The runtime's default preloader replaced by an empty one for one test."""
+    pre = ModelPreloader()
+    monkeypatch.setattr(runtime(), "_preloader", pre)
+    monkeypatch.setattr(chat_models, "_preloaded", set())
+    return pre
+
+
+async def test_first_async_call_warms_what_nothing_warmed(
+    make_emulator: MakeEmulator, fresh_default_preloader: ModelPreloader
+) -> None:
+    emu = make_emulator()
+    other = _ollama(emu, "other", preload=True)
+    llm = _ollama(emu, "first", preload=True)
+    assert emu.requests == 0
+    await llm.ainvoke("hi")  # no lifespan, no preload(): the first call starts them
+    (task,) = fresh_default_preloader._background
+    results = await task
+    assert all(r.ok for r in results), results
+    assert "other" in emu.loaded_models
+    await other.ainvoke("hi")
+    assert emu.load_counts["other"] == 1  # warmed in the background, not by this call
+
+
+def test_first_sync_call_warms_in_a_short_lived_thread(
+    make_emulator: MakeEmulator, fresh_default_preloader: ModelPreloader
 ) -> None:
     emu = make_emulator()
     _ollama(emu, "threaded", preload=True)
+    llm = _ollama(emu, "caller", preload=True)
+    llm.invoke("hi")
+    for thread in threading.enumerate():
+        if thread.name == "fastpipe-preload":
+            thread.join()  # the warm-up thread ends with its warm-ups
     name = f"ollama:threaded@{emu.base_url}"
-    try:
-        for _ in range(500):
-            if name in default_preloader.results:
-                break
-            time.sleep(0.01)
-        assert default_preloader.results[name].ok
-        assert "threaded" in emu.loaded_models
-    finally:
-        default_preloader.unregister(name)
+    assert fresh_default_preloader.results[name].ok
+    assert "threaded" in emu.loaded_models
 
 
 async def test_preload_over_tls_http2_does_the_handshake(make_emulator: MakeEmulator) -> None:

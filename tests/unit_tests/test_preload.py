@@ -13,6 +13,7 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from langchain_core.runnables import RunnableLambda, RunnableParallel
 
+from langchain_fastpipe import chat_models
 from langchain_fastpipe.chat_models import ChatFastpipe
 from langchain_fastpipe.config import FastpipeConfig
 from langchain_fastpipe.errors import PreloadError
@@ -27,7 +28,6 @@ from langchain_fastpipe.preload import (
     parse_duration,
     parse_preload_env,
     refresh_interval_for,
-    register_and_schedule,
     register_from_env,
     warmup_messages,
 )
@@ -367,7 +367,7 @@ async def test_preload_sync_inside_a_running_loop_uses_a_helper_thread() -> None
     pre.register(warm, name="m")
     (result,) = pre.preload_sync()
     assert result.ok
-    assert threads == ["fastpipe-preload-loop"]  # the long-lived preload loop, not ours
+    assert threads == ["fastpipe-preload"]  # a worker with its own short-lived loop, not ours
 
 
 def test_preload_sync_without_a_loop() -> None:
@@ -379,27 +379,48 @@ def test_preload_sync_without_a_loop() -> None:
     assert thing.calls == 1
 
 
-async def test_register_and_schedule_with_a_running_loop_schedules_a_task() -> None:
+async def test_warm_pending_with_a_running_loop_schedules_a_task() -> None:
     pre = ModelPreloader()
     thing = AwarmThing()
-    name = register_and_schedule(thing, preloader=pre, name="sched")
-    assert name == "sched"
-    assert len(pre._background) == 1
+    name = pre.register(thing, name="sched")
+    assert pre.pending() == [name]
+    assert thing.calls == 0  # registering contacts nothing
+    assert pre.warm_pending() == ["sched"]
+    assert pre.pending() == []
+    assert pre.warm_pending() == []  # started once
     (task,) = pre._background
     (result,) = await task
     assert result.ok
     assert thing.calls == 1
 
 
-def test_register_and_schedule_without_a_loop_warms_in_a_thread() -> None:
+def test_warm_pending_without_a_loop_warms_in_a_short_lived_thread() -> None:
     pre = ModelPreloader()
     warmed = threading.Event()
 
     async def warm(done: Callable[[str], None]) -> None:
         warmed.set()
 
-    register_and_schedule(warm, preloader=pre, name="bg")
+    pre.register(warm, name="bg")
+    assert pre.warm_pending() == ["bg"]
     assert warmed.wait(10)
+    for thread in threading.enumerate():
+        if thread.name == "fastpipe-preload":
+            thread.join()  # it ends with its warm-up: nothing lives on
+    assert pre.results["bg"].ok
+
+
+async def test_preload_and_schedule_leave_nothing_pending() -> None:
+    pre = ModelPreloader()
+    pre.register(AwarmThing(), name="a")
+    pre.register(AwarmThing(), name="b")
+    await pre.preload(["a"])
+    assert pre.pending() == ["b"]
+    task = pre.schedule()
+    assert pre.pending() == []  # taken at once, before the task runs
+    await task
+    pre.unregister("b")
+    assert pre.warm_pending() == []
 
 
 # --------------------------------------------------------------------------- ASGI lifespan
@@ -541,22 +562,22 @@ def test_env_registration_at_import_never_fails_the_import() -> None:
     assert "'nonsense'" in done.stderr  # logged, not raised
 
 
-def test_sync_preload_runs_async_warmups_on_one_long_lived_loop() -> None:
+def test_sync_preload_runs_async_warmups_on_short_lived_loops() -> None:
     pre = ModelPreloader()
     loops: list[asyncio.AbstractEventLoop] = []
 
     async def warm(done: Callable[[str], None]) -> None:
         loops.append(asyncio.get_running_loop())
 
+    before = threading.active_count()
     pre.register(warm, name="m")
     assert pre.preload_sync()[0].ok
     assert pre.preload_sync()[0].ok
-    first, second = loops
-    # Clients an async warm-up opened stay bound to a live loop: never stranded on a
-    # throwaway asyncio.run() loop whose sockets nobody closes.
-    assert first is second
-    assert first.is_running()
-    assert not first.is_closed()
+    # No loop thread lives on for the process: each run had its own loop, closed at its
+    # end (after closing the pools' async clients it opened).
+    assert all(loop.is_closed() for loop in loops)
+    assert loops[0] is not loops[1]
+    assert threading.active_count() == before
 
 
 def test_sync_preload_cancels_a_timed_out_async_warmup() -> None:
@@ -760,3 +781,104 @@ async def test_chat_warmup_with_a_prompt_sends_it_instead_of_the_generic_request
         ("sync", first, options),
         ("sync", ["Hi"], options),
     ]
+
+
+# --------------------------------------------------------------------------- nothing at import
+_IMPORT_PROBE = """
+import asyncio, gc, importlib, json, os, threading
+import langchain_fastpipe
+for name in (
+    "bench cli config emulator errors local pipeline preload prometheus prompts "
+    "providers stats streaming transport chat_models"
+).split():
+    module = importlib.import_module(f"langchain_fastpipe.{name}")
+    for attr in module.__all__:
+        getattr(module, attr)
+for attr in langchain_fastpipe.__all__:
+    getattr(langchain_fastpipe, attr)
+from langchain_fastpipe import ChatFastpipe
+from langchain_fastpipe._runtime import runtime
+llm = ChatFastpipe(provider="ollama", model="eager", base_url="http://127.0.0.1:9", preload=True)
+fds = []
+for fd in os.listdir("/proc/self/fd"):
+    try:
+        fds.append(os.readlink(f"/proc/self/fd/{fd}"))
+    except OSError:  # the directory listing's own descriptor, closed by now
+        pass
+print(json.dumps({
+    "threads": threading.active_count(),
+    "sockets": [fd for fd in fds if fd.startswith("socket:")],
+    "loops": sum(isinstance(o, asyncio.AbstractEventLoop) for o in gc.get_objects()),
+    "names": runtime().preloader.names(),
+    "pending": runtime().preloader.pending(),
+}))
+"""
+
+
+def test_importing_every_public_module_starts_nothing_and_only_records_models() -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {
+        **os.environ,
+        "FASTPIPE_PRELOAD": "ollama:llama3@http://127.0.0.1:9,openai:gpt-x@http://127.0.0.1:9/v1",
+    }
+    done = subprocess.run(  # noqa: S603 - our own interpreter, fixed code
+        [sys.executable, "-c", _IMPORT_PROBE],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["threads"] == 1  # no thread, daemon or not
+    assert report["sockets"] == []  # nothing contacted
+    assert report["loops"] == 0  # no event loop, so no task
+    expected = [
+        "ollama:llama3@http://127.0.0.1:9",
+        "openai:gpt-x@http://127.0.0.1:9/v1",
+        "ollama:eager@http://127.0.0.1:9",  # ChatFastpipe(preload=True) only registers
+    ]
+    assert report["names"] == expected
+    assert report["pending"] == expected  # warmed at startup, or at a first call
+
+
+async def test_first_call_of_a_preload_model_starts_the_pending_warmups(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from langchain_fastpipe._runtime import runtime
+
+    pre = ModelPreloader()
+    monkeypatch.setattr(runtime(), "_preloader", pre)
+    monkeypatch.setattr(chat_models, "_preloaded", set())
+    other = AwarmThing()
+    pre.register(other, name="other")
+    llm = ChatFastpipe(
+        provider="openai",
+        model="first-call",
+        base_url="http://127.0.0.1:9/v1",
+        pooling=False,  # the warm-up is then only the (faked) model load
+        preload=True,
+    )
+    assert pre.names() == ["other", "openai:first-call@http://127.0.0.1:9/v1"]
+    assert other.calls == 0  # construction started nothing
+    assert not pre._background
+    monkeypatch.setattr(ChatFastpipe, "awarmup", _fake_awarmup)
+    llm.pool  # noqa: B018 - the first call's first step
+    (task,) = pre._background
+    results = await task
+    assert [r.ok for r in results] == [True, True]
+    assert other.calls == 1
+    assert pre.pending() == []
+    llm.pool  # noqa: B018 - later calls: one attribute read, nothing started
+    assert not pre._background
+
+
+async def _fake_awarmup(self: ChatFastpipe) -> ResponseInfo:
+    return ResponseInfo(status_code=200)

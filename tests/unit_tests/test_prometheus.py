@@ -149,7 +149,7 @@ def test_streams_and_strategies_are_labelled_by_model_pipeline_and_strategy() ->
     def fail(_: Any) -> str:
         raise ValueError("no")
 
-    ranked = RankedFallbacks(
+    ranked: RankedFallbacks[Any, Any] = RankedFallbacks(
         runnable=RunnableLambda(fail),
         fallbacks=[RunnableLambda(lambda _: "ok")],
         exceptions_to_handle=(ValueError,),
