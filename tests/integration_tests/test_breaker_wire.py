@@ -147,8 +147,8 @@ async def test_an_open_model_breaker_leaves_other_models_alone(
     assert (stats["state"], stats["models"]["good"]["state"]) == ("closed", "closed")
     assert stats["models"]["bad"]["state"] == "open"
     metrics = render_prometheus({"pools": {bad.pool.endpoint: bad.pool.stats()}})
-    labels = f'endpoint="{bad.pool.endpoint}",model="bad",state="open"'
-    assert f"fastpipe_breaker_state{{{labels}}} 1\n" in metrics
+    labels = f'endpoint="{bad.pool.endpoint}",fastpipe_breaker_state="open",model="bad"'
+    assert f"fastpipe_breaker_state{{{labels}}} 1.0\n" in metrics  # a state set
 
 
 async def test_a_recovered_model_is_probed_after_the_cooldown_and_closes(
