@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-_SECRET_WORDS = ("key", "secret", "token", "password")
+_SECRET_WORDS = frozenset({"key", "apikey", "secret", "token", "password", "passwd"})
 
 
 def redact_url(url: str) -> str:
@@ -203,9 +203,13 @@ def suggest(name: str, candidates: list[str]) -> str | None:
 
 
 def is_secret_name(name: str) -> bool:
-    """Whether a key named ``name`` (or ending a dotted path) holds a secret."""
+    """Whether a key named ``name`` (or ending a dotted path) holds a secret.
+
+    A word of the name (``api_key``, ``token``, ``password``...) says so; ``max_tokens``
+    is no secret.
+    """
     leaf = name.rsplit(".", 1)[-1].lower()
-    return any(word in leaf for word in _SECRET_WORDS)
+    return any(word in _SECRET_WORDS for word in re.split(r"[^a-z0-9]+", leaf))
 
 
 def show_value(value: Any, name: str) -> str:

@@ -369,10 +369,13 @@ class ChatFastpipe(BaseChatModel):
         """
         key_given = "api_key" in data or "openai_api_key" in data
         _reject_removed_fields(data)
+        error: ConfigError | None = None
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            raise field_error(exc, type(self), "ChatFastpipe") from None
+            error = field_error(exc, type(self), "ChatFastpipe")
+        if error is not None:
+            raise error  # outside the handler: no chained ValidationError quoting raw input
         if self.base_url is None:
             self.base_url = env_base_url(get_provider(self.provider))
         _ = self.endpoint_config  # the URL and the cross-field checks of the transport

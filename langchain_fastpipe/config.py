@@ -9,11 +9,13 @@ The configuration accepts exactly the documented JSON::
 
 plus the sections ``backend``, ``preload`` and ``pipeline`` (see their classes).
 
-Precedence (lowest to highest), as applied by :meth:`FastpipeConfig.load`:
+:class:`FastpipeConfig` is a pydantic-settings ``BaseSettings``. Precedence (lowest to
+highest), as :meth:`FastpipeConfig.load` applies it through its settings sources:
 
 1. the defaults written on the fields below;
 2. a JSON file: the ``path`` argument, else the file named by ``FASTPIPE_CONFIG``;
-3. environment variables: ``FASTPIPE_<SECTION>__<KEY>`` (for example
+3. environment variables: ``FASTPIPE_<SECTION>__<KEY>`` (env prefix ``FASTPIPE_``, nested
+   delimiter ``__``; for example
    ``FASTPIPE_PERFORMANCE_OPTIMIZATIONS__ENABLE_CONNECTION_POOLING=false``) and the short
    aliases of the seven documented keys (``FASTPIPE_ENABLE_CONNECTION_POOLING``,
    ``FASTPIPE_CONNECTION_POOL_SIZE``, ``FASTPIPE_API_TIMEOUT_SECONDS``, ...). Setting a key
@@ -23,6 +25,7 @@ Precedence (lowest to highest), as applied by :meth:`FastpipeConfig.load`:
 Each layer is merged key by key into the one below, so a file that sets one key keeps every
 other default. Booleans from the environment accept true/false, 1/0, yes/no and on/off;
 lists accept a JSON array or comma-separated names; ``none`` clears an optional value.
+``FastpipeConfig(...)`` itself validates what code gives, reading no file or variable.
 
 Validation is strict: an unknown key (at any level, in a file, the environment or code) is
 rejected with the nearest valid name, and a bad value is rejected with a message naming the
@@ -39,12 +42,15 @@ HTTP/1.1 client per request; streaming off waits for the whole answer (``astream
 as one chunk); preloading off loads a model on first use; the optimized pipeline off runs
 the strategies in their fixed order, one after another.
 
-This module imports no other part of the package at import time; the helpers that build
-transport and chat-model objects import them lazily.
+The objects built from a configuration are built by their own classes:
+``ChatFastpipe.from_config(cfg)``, ``AnswerPipeline.from_config(cfg)``,
+``ModelPreloader.from_config(cfg)`` and ``EndpointConfig.from_config(cfg)``. This module
+imports none of them.
 """
 
 from __future__ import annotations
 
+import contextvars
 import difflib
 import json
 import math
@@ -53,11 +59,11 @@ import threading
 import types
 import typing
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, Union
 from urllib.parse import urlsplit
 
-from annotated_types import Ge, Gt, Le, Lt
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -67,15 +73,35 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails, PydanticCustomError
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    JsonConfigSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
+from langchain_fastpipe._validation import (
+    TYPE_WORDS,
+    check_base_url,
+    has_credentials,
+    is_secret_name,
+    range_text,
+    show_value,
+    suggest,
+)
 from langchain_fastpipe.errors import ConfigError
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
     from langchain_fastpipe.chat_models import ChatFastpipe
-    from langchain_fastpipe.transport import EndpointConfig
+
+    _Base = BaseModel
+else:
+    _Base = object
 
 __all__ = [
     "BackendSettings",
@@ -119,7 +145,6 @@ ENV_ALIASES: Mapping[str, tuple[str, str]] = types.MappingProxyType(
 )
 
 _MASK = "**********"
-_SECRET_WORDS = ("key", "secret", "token", "password")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 _NONE = frozenset({"", "none", "null"})
@@ -171,19 +196,20 @@ class PreloadOptions(TypedDict):
     keep_alive_refresh: float | None
 
 
-class _Section(BaseModel):
-    """Base of every config model: strict, frozen, unknown keys rejected with a suggestion."""
-
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, strict=True, use_attribute_docstrings=True
-    )
+class _ConfigErrorsMixin(_Base):
+    """Mixin of every config model: validation failures become one ConfigError."""
 
     def __init__(self, **data: Any) -> None:
-        """Validate ``data``; raise ConfigError naming each bad key, value and range."""
+        """Validate ``data``; raise ConfigError naming each bad key, value, range and layer."""
+        error: ConfigError | None = None
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            raise _config_error(exc, type(self)) from None
+            load = _LOADING.get()
+            labels = load.label if load is not None and isinstance(self, FastpipeConfig) else None
+            error = _config_error(exc, type(self), labels)
+        if error is not None:
+            raise error  # outside the handler: no chained ValidationError quoting raw input
 
     # Tell pydantic this __init__ only wraps BaseModel's (as pydantic's RootModel does), so
     # validating nested sections does not call it and wrap its ConfigError a second time.
@@ -195,7 +221,8 @@ class _Section(BaseModel):
         try:
             return super().model_validate(obj, *args, **kwargs)
         except ValidationError as exc:
-            raise _config_error(exc, cls) from None
+            error = _config_error(exc, cls)
+        raise error  # outside the handler: no chained ValidationError quoting raw input
 
     @classmethod
     def model_validate_json(cls, json_data: Any, *args: Any, **kwargs: Any) -> Self:
@@ -203,7 +230,14 @@ class _Section(BaseModel):
         try:
             return super().model_validate_json(json_data, *args, **kwargs)
         except ValidationError as exc:
-            raise _config_error(exc, cls) from None
+            error = _config_error(exc, cls)
+        raise error  # outside the handler: no chained ValidationError quoting raw input
+
+
+class _Section(_ConfigErrorsMixin, BaseModel):
+    """Base of the sections: strict, frozen, unknown keys rejected with a suggestion."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class PerformanceOptimizations(_Section):
@@ -256,10 +290,17 @@ class BackendSettings(_Section):
     @field_validator("base_url")
     @classmethod
     def _check_base_url(cls, value: str | None) -> str | None:
-        if value is not None:
-            reason = _base_url_problem(value)
-            if reason is not None:
-                raise PydanticCustomError("fastpipe_url", "{reason}", {"reason": reason})
+        if value is None:
+            return value
+        found = check_base_url(value)
+        if found is not None:
+            raise PydanticCustomError(
+                "fastpipe_url", "{reason}", {"reason": found.problem + found.hint_text()}
+            )
+        if has_credentials(value):
+            raise PydanticCustomError(
+                "fastpipe_url", "must not carry credentials: pass the key as backend.api_key"
+            )
         return value
 
     @field_validator("api_key")
@@ -314,13 +355,24 @@ class PipelineSettings(_Section):
         return self
 
 
-class FastpipeConfig(_Section):
-    """The whole configuration of langchain-fastpipe.
+class FastpipeConfig(_ConfigErrorsMixin, BaseSettings):
+    """The whole configuration of langchain-fastpipe (pydantic-settings).
 
-    Build it with :meth:`load` (file, environment and code, in that precedence), or
-    directly from code: ``FastpipeConfig(performance_optimizations={...})``. Instances
-    are frozen; :meth:`with_overrides` returns a validated copy.
+    Build it with :meth:`load` (defaults < JSON file < environment < code), or directly
+    from code: ``FastpipeConfig(performance_optimizations={...})`` (no file or
+    environment is read). Instances are frozen; :meth:`with_overrides` returns a
+    validated copy.
     """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        case_sensitive=False,
+        enable_decoding=False,  # env values are parsed by the field's type (_EnvSource)
+        extra="forbid",
+        frozen=True,
+        strict=True,
+    )
 
     performance_optimizations: PerformanceOptimizations = Field(
         default_factory=PerformanceOptimizations
@@ -332,6 +384,21 @@ class FastpipeConfig(_Section):
     """Models to warm up."""
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     """Ranked fallbacks and their statistics store."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The layers, highest first: code, then (in :meth:`load`) environment and file."""
+        load = _LOADING.get()
+        if load is None:
+            return (init_settings,)
+        return (init_settings, _EnvSource(settings_cls, load), _FileSource(settings_cls, load))
 
     # ----------------------------------------------------------------- loading
     @classmethod
@@ -360,35 +427,28 @@ class FastpipeConfig(_Section):
                 of the wrong type or out of range; the message names the key, the value, the
                 allowed range and the layer it came from.
         """
-        data: dict[str, Any] = {}
-        sources: dict[tuple[str, ...], str] = {}
         if path is None and env.get("FASTPIPE_CONFIG"):
             path = env["FASTPIPE_CONFIG"]
-        if path is not None:
-            file_data = read_config_file(path)
-            _merge(data, file_data, sources, f"file {os.fspath(path)}")
-        env_data, env_sources = parse_env(env)
-        _merge(data, env_data, sources, "")
-        sources.update(env_sources)
         code = normalize_overrides({**(overrides or {}), **kwargs})
-        _merge(data, code, sources, "code")
+        token = _LOADING.set(_Load(env=env, path=path, code=code))
         try:
-            return typing.cast("FastpipeConfig", cls.__pydantic_validator__.validate_python(data))
-        except ValidationError as exc:
-            raise _config_error(exc, cls, sources) from None
+            return cls(**code)
+        finally:
+            _LOADING.reset(token)
 
     def with_overrides(
         self, overrides: Mapping[str, Any] | None = None, **kwargs: Any
     ) -> FastpipeConfig:
         """A validated copy with ``overrides`` applied (same forms as :meth:`load`)."""
         data = self._plain_dump()
-        sources: dict[tuple[str, ...], str] = {}
-        _merge(data, normalize_overrides({**(overrides or {}), **kwargs}), sources, "code")
+        code = normalize_overrides({**(overrides or {}), **kwargs})
+        _deep_merge(data, code)
         try:
             validated = type(self).__pydantic_validator__.validate_python(data)
             return typing.cast("FastpipeConfig", validated)
         except ValidationError as exc:
-            raise _config_error(exc, type(self), sources) from None
+            error = _config_error(exc, type(self), _Load(env={}, path=None, code=code).label)
+        raise error  # outside the handler: no chained ValidationError quoting raw input
 
     def to_json(self, *, indent: int | None = 2) -> str:
         """This configuration as JSON that :meth:`load` reads back; the API key is left out."""
@@ -430,114 +490,15 @@ class FastpipeConfig(_Section):
 
         return env_base_url(get_provider(self.backend.provider), env)
 
-    def endpoint_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of ``transport.EndpointConfig`` (limits and retry as dicts).
-
-        Pure: no transport import. ``limits`` holds the ``PoolLimits`` fields and ``retry``
-        the ``RetryPolicy`` fields.
-        """
-        po = self.performance_optimizations
-        return {
-            "base_url": self.resolved_base_url(),
-            "http2": po.http2,
-            "pooling": po.enable_connection_pooling,
-            "timeout": po.api_timeout_seconds,
-            "connect_timeout": po.connect_timeout_seconds,
-            "limits": {
-                "max_keepalive_connections": po.connection_pool_size,
-                "max_connections": max(po.max_connections, po.connection_pool_size),
-            },
-            "retry": {"max_retries": po.max_retries},
-        }
-
-    def endpoint_config(self, **overrides: Any) -> EndpointConfig:
-        """The transport's ``EndpointConfig`` for the backend, with the flags applied.
-
-        Args:
-            **overrides: ``EndpointConfig`` fields to set on top (``verify=``, ``base_url=``...).
-
-        Returns:
-            The endpoint configuration; pooling off gives ``pooling=False`` (a fresh HTTP/1.1
-            client per request).
-        """
-        from langchain_fastpipe.transport import EndpointConfig, PoolLimits, RetryPolicy
-
-        kw = self.endpoint_kwargs()
-        kw["limits"] = PoolLimits(**kw["limits"])
-        kw["retry"] = RetryPolicy(**kw["retry"])
-        kw.update(overrides)
-        return EndpointConfig(**kw)
-
-    def chat_model_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of ``ChatFastpipe`` with the flags applied (pure, no import).
-
-        Every key is a ChatFastpipe field. Streaming off gives ``streaming=False`` and
-        ``disable_streaming=True``, so ``astream`` yields the whole answer as one chunk.
-        Unset optional values are left out. ``preload`` follows
-        ``enable_model_preloading``: with the flag on, a chat model built from the
-        configuration registers with the default preloader and warms up in the background
-        (once per distinct endpoint and model); with it off, the model loads on first use.
-        """
-        po, backend = self.performance_optimizations, self.backend
-        kw: dict[str, Any] = {
-            "provider": backend.provider,
-            "timeout": po.api_timeout_seconds,
-            "connect_timeout": po.connect_timeout_seconds,
-            "max_retries": po.max_retries,
-            "streaming": po.enable_response_streaming,
-            "http2": po.http2,
-            "max_connections": max(po.max_connections, po.connection_pool_size),
-            "max_keepalive_connections": po.connection_pool_size,
-            "pooling": po.enable_connection_pooling,
-            "preload": po.enable_model_preloading,
-        }
-        if not po.enable_response_streaming:
-            kw["disable_streaming"] = True
-        optional = {
-            "model": backend.model,
-            "base_url": backend.base_url,
-            "api_key": backend.api_key,
-        }
-        kw.update({k: v for k, v in optional.items() if v is not None})
-        return kw
-
     def chat_model(self, **overrides: Any) -> ChatFastpipe:
-        """A ``ChatFastpipe`` built from this configuration.
+        """Deprecated: use ``ChatFastpipe.from_config(config, **overrides)``.
 
         Args:
-            **overrides: ``ChatFastpipe`` fields that win over the configuration
-                (``model=``, ``preload=True``, ``temperature=``...).
-
-        Returns:
-            The chat model.
-
-        Raises:
-            ConfigError: A key (of the configuration's or of ``overrides``) is not a
-                ChatFastpipe field; the message names it and the nearest field.
+            **overrides: ``ChatFastpipe`` fields that win over the configuration.
         """
         from langchain_fastpipe.chat_models import ChatFastpipe
 
-        kw = {**self.chat_model_kwargs(), **overrides}
-        _check_chat_model_keys(ChatFastpipe, kw, set(overrides))
-        return ChatFastpipe(**kw)
-
-    def extraction_chat_model(self, **overrides: Any) -> ChatFastpipe:
-        """The pipeline's extraction model: ``backend.extraction_model``, else ``model``.
-
-        Args:
-            **overrides: As for :meth:`chat_model`.
-        """
-        name = self.backend.extraction_model or self.backend.model
-        return self.chat_model(**({"model": name} if name else {}) | overrides)
-
-    def formatting_chat_model(self, **overrides: Any) -> ChatFastpipe:
-        """The pipeline's formatting model: ``backend.formatting_model``, else ``model``.
-
-        Args:
-            **overrides: As for :meth:`chat_model`.
-        """
-        name = self.backend.formatting_model or self.backend.model
-        return self.chat_model(**({"model": name} if name else {}) | overrides)
+        return ChatFastpipe.from_config(self, **overrides)
 
     def pipeline_options(self) -> PipelineOptions:
         """The settings an answer pipeline reads (pure; see :class:`PipelineOptions`)."""
@@ -585,41 +546,128 @@ _SECTIONS: dict[str, type[_Section]] = {
 _LEAVES: dict[str, str] = {k: s for s, m in _SECTIONS.items() for k in m.model_fields}
 
 
-# ------------------------------------------------------------------ pure helpers
-def _base_url_problem(url: str) -> str | None:
-    """Why the transport rejects ``url`` as a base URL (None if it accepts it).
+# ------------------------------------------------------------------ the layers of load()
+@dataclass
+class _Load:
+    """The inputs of one :meth:`FastpipeConfig.load`, and what each layer supplied."""
 
-    Uses the transport's validator (the one URL validator of the package) through
-    ``EndpointConfig``; the reason shows the URL redacted, never a query or credentials.
+    env: Mapping[str, str]
+    path: str | os.PathLike[str] | None
+    code: Mapping[str, Any]
+    file_data: Mapping[str, Any] = field(default_factory=dict)
+    env_vars: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def label(self, keys: tuple[str, ...]) -> str:
+        """The layer whose value at ``keys`` won: ``code``, ``env VAR`` or ``file PATH``."""
+        if _holds(self.code, keys):
+            return "code"
+        if len(keys) >= 2 and (var := self.env_vars.get((keys[0], keys[1]))):
+            return f"env {var}"
+        if self.path is not None and _holds(self.file_data, keys):
+            return f"file {os.fspath(self.path)}"
+        return ""
+
+
+#: The load in progress (its sources run inside ``FastpipeConfig.__init__``).
+_LOADING: contextvars.ContextVar[_Load | None] = contextvars.ContextVar(
+    "fastpipe_config_load", default=None
+)
+
+
+def _holds(data: Mapping[str, Any], keys: tuple[str, ...]) -> bool:
+    """Whether nested ``data`` has a value at ``keys``."""
+    node: Any = data
+    for key in keys:
+        if not isinstance(node, Mapping) or key not in node:
+            return False
+        node = node[key]
+    return True
+
+
+class _FileSource(JsonConfigSettingsSource):
+    """The JSON file layer: the ``path`` of :meth:`FastpipeConfig.load` or ``FASTPIPE_CONFIG``.
+
+    A missing, unreadable or malformed file is an error (naming the file, and the line and
+    column of a JSON error), not an empty layer.
     """
-    from langchain_fastpipe.transport import EndpointConfig
-    from langchain_fastpipe.transport._config import quote_url
 
-    try:
-        EndpointConfig(base_url=url)
-    except ConfigError as exc:
-        reason = str(exc).removeprefix("EndpointConfig.base_url ")
-        # the message already shows the value: "<path> = 'x' must ..., got 'x'" says it twice
-        return reason.replace(f", got {quote_url(url)!r}", "", 1)
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        return "must not carry credentials: pass the key as backend.api_key"
-    return None
+    def __init__(self, settings_cls: type[BaseSettings], load: _Load) -> None:
+        """Read the file of ``load`` (if any) and record its data for error labels."""
+        self._load = load
+        super().__init__(
+            settings_cls, json_file=None if load.path is None else os.fspath(load.path)
+        )
+
+    def _read_files(self, files: Any, deep_merge: bool = False) -> dict[str, Any]:
+        if files is None:
+            return {}
+        data = read_config_file(files)
+        self._load.file_data = data
+        return data
 
 
-def _check_chat_model_keys(model_cls: Any, kwargs: Mapping[str, Any], given: set[str]) -> None:
-    """Raise ConfigError naming every key of ``kwargs`` that ``model_cls`` has no field for."""
-    fields = model_cls.model_fields
-    accepted = set(fields) | {f.alias for f in fields.values() if f.alias}
-    unknown = sorted(k for k in kwargs if k not in accepted)
-    if not unknown:
-        return
-    problems = []
-    for key in unknown:
-        origin = "override" if key in given else "configuration setting"
-        hint = _suggest(key, sorted(accepted))
-        problems.append(f"{key!r} ({origin})" + (f", did you mean {hint!r}?" if hint else ""))
-    raise ConfigError(f"{model_cls.__name__} has no field for: {'; '.join(problems)}")
+class _EnvSource(EnvSettingsSource):
+    """The environment layer: ``FASTPIPE_<SECTION>__<KEY>`` and the short aliases.
+
+    Variables are read from the ``env`` of :meth:`FastpipeConfig.load`. The env prefix and
+    the nested delimiter come from the model's settings; a short alias
+    (``FASTPIPE_CONNECTION_POOL_SIZE``) reads as its long name. A variable that nearly
+    names a key is refused with the nearest name, and each value is parsed as its field's
+    type (true/false, 1/0, yes/no, on/off; JSON arrays or comma-separated lists; ``none``
+    for an optional value) with a message naming the variable.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], load: _Load) -> None:
+        """Read the variables of ``load``."""
+        self._load = load
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        """The config variables by their long lower-case names (aliases resolved)."""
+        found: dict[str, str] = {}
+        parsed: dict[tuple[str, str], Any] = {}
+        for var in sorted(self._load.env):
+            upper = var.upper()
+            if not upper.startswith(ENV_PREFIX) or upper in NON_CONFIG_ENV_VARS:
+                continue
+            target = _env_target(upper)
+            if target is None:
+                continue
+            section, key = target
+            raw = self._load.env[var]
+            value = _parse_env_value(raw, _annotation(section, key), var, f"{section}.{key}")
+            previous = self._load.env_vars.get(target)
+            if previous is not None and parsed[target] != value:
+                msg = (
+                    f"{section}.{key} is set twice with different values, by {previous} and "
+                    f"{var}; remove one of them"
+                )
+                raise ConfigError(msg)
+            parsed[target] = value
+            self._load.env_vars[target] = var
+            found[f"{self.env_prefix}{section}{self.env_nested_delimiter}{key}".lower()] = raw
+        return found
+
+    def _coerce_env_val_strict(self, field: FieldInfo | None, value: Any) -> Any:
+        return value  # parsed in __call__, with messages naming the variable
+
+    def __call__(self) -> dict[str, Any]:
+        """The nested data of the variables, each value parsed as its field's type."""
+        data = super().__call__()
+        for section, values in data.items():
+            if not isinstance(values, dict):
+                continue
+            for key, raw in values.items():
+                var = self._load.env_vars[(section, key)]
+                values[key] = _parse_env_value(
+                    raw, _annotation(section, key), var, f"{section}.{key}"
+                )
+        return {section: values for section, values in data.items() if values}
+
+
+def _annotation(section: str, key: str) -> Any:
+    """The type of ``section.key``."""
+    return _SECTIONS[section].model_fields[key].annotation
 
 
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -643,44 +691,6 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {file} must hold a JSON object, got {type(data).__name__}")
     return data
-
-
-def parse_env(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
-    """Turn ``FASTPIPE_*`` variables into nested config data, typed by the fields.
-
-    Args:
-        env: The environment.
-
-    Returns:
-        The nested data and, for each ``(section, key)``, the label of its variable.
-
-    Raises:
-        ConfigError: An unknown variable that looks like a config key (with the nearest
-            valid name), a value that does not parse as the field's type, or one key set
-            by both its long and short variable with different values.
-    """
-    data: dict[str, dict[str, Any]] = {}
-    origin: dict[tuple[str, str], str] = {}
-    for var in sorted(env):
-        upper = var.upper()
-        if not upper.startswith(ENV_PREFIX) or upper in NON_CONFIG_ENV_VARS:
-            continue
-        target = _env_target(upper)
-        if target is None:
-            continue
-        section, key = target
-        field = _SECTIONS[section].model_fields[key]
-        value = _parse_env_value(env[var], field.annotation, var, f"{section}.{key}")
-        previous = origin.get(target)
-        if previous is not None and data[section][key] != value:
-            raise ConfigError(
-                f"{section}.{key} is set twice with different values, by {previous} and "
-                f"{var}; remove one of them"
-            )
-        data.setdefault(section, {})[key] = value
-        origin[target] = var
-    sources: dict[tuple[str, ...], str] = {t: f"env {var}" for t, var in origin.items()}
-    return dict(data), sources
 
 
 def normalize_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -721,22 +731,13 @@ def _dump_section(model: BaseModel) -> dict[str, Any]:
     return data
 
 
-def _merge(
-    base: dict[str, Any],
-    layer: Mapping[str, Any],
-    sources: dict[tuple[str, ...], str],
-    label: str,
-    prefix: tuple[str, ...] = (),
-) -> None:
-    """Merge ``layer`` into ``base`` key by key, recording ``label`` for every leaf set."""
+def _deep_merge(base: dict[str, Any], layer: Mapping[str, Any]) -> None:
+    """Merge ``layer`` into ``base`` key by key."""
     for key, value in layer.items():
-        path = (*prefix, key)
         if isinstance(value, Mapping) and isinstance(base.get(key), dict):
-            _merge(base[key], value, sources, label, path)
-            continue
-        base[key] = dict(value) if isinstance(value, Mapping) else value
-        if label:
-            sources[path] = label
+            _deep_merge(base[key], value)
+        else:
+            base[key] = dict(value) if isinstance(value, Mapping) else value
 
 
 def _env_target(var: str) -> tuple[str, str] | None:
@@ -751,7 +752,7 @@ def _env_target(var: str) -> tuple[str, str] | None:
     if "__" in name:
         section, _, key = name.partition("__")
         if section not in _SECTIONS:
-            hint = _suggest(section, list(_SECTIONS))
+            hint = suggest(section, list(_SECTIONS))
             raise ConfigError(
                 f"unknown environment variable {var}: no config section {section!r}"
                 + (f"; did you mean {ENV_PREFIX}{hint.upper()}__{key.upper()}?" if hint else "")
@@ -759,7 +760,7 @@ def _env_target(var: str) -> tuple[str, str] | None:
             )
         fields = list(_SECTIONS[section].model_fields)
         if key not in fields:
-            hint = _suggest(key, fields)
+            hint = suggest(key, fields)
             raise ConfigError(
                 f"unknown environment variable {var}: {section} has no key {key!r}"
                 + (f"; did you mean {_env_name(section, hint)}?" if hint else "")
@@ -796,7 +797,7 @@ def _parse_env_value(raw: str, annotation: Any, var: str, path: str) -> Any:
             return None
         annotation = next(a for a in args if a is not type(None))
         origin = typing.get_origin(annotation)
-    shown = "<redacted>" if _is_secret(path) else repr(raw)
+    shown = "<redacted>" if is_secret_name(path) else repr(raw)
     if annotation is bool:
         low = text.lower()
         if low in _TRUE or low in _FALSE:
@@ -828,26 +829,21 @@ def _parse_env_value(raw: str, annotation: Any, var: str, path: str) -> Any:
     return raw
 
 
-def _suggest(name: str, candidates: list[str]) -> str | None:
-    """The nearest of ``candidates`` to ``name`` (difflib), or None."""
-    match = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
-    return match[0] if match else None
-
-
-def _is_secret(path: str) -> bool:
-    """Whether the key at ``path`` holds a secret whose value must never be shown."""
-    leaf = path.rsplit(".", 1)[-1].lower()
-    return any(word in leaf for word in _SECRET_WORDS)
-
-
 # ---------------------------------------------------------------- error messages
 def _config_error(
     exc: ValidationError,
     root: type[BaseModel],
-    sources: Mapping[tuple[str, ...], str] | None = None,
+    label: typing.Callable[[tuple[str, ...]], str] | None = None,
 ) -> ConfigError:
-    """One ConfigError describing every problem of a pydantic ValidationError."""
-    problems = [_describe(err, root, sources or {}) for err in exc.errors(include_url=False)]
+    """One ConfigError describing every problem of a pydantic ValidationError.
+
+    Args:
+        exc: The validation error.
+        root: The model validated.
+        label: The layer that supplied the value at a key path (:meth:`_Load.label`);
+            None names no layer.
+    """
+    problems = [_describe(err, root, label) for err in exc.errors(include_url=False)]
     if len(problems) == 1:
         return ConfigError(problems[0])
     listed = "\n".join(f"  - {p}" for p in problems)
@@ -870,65 +866,36 @@ def _resolve(root: type[BaseModel], loc: tuple[int | str, ...]) -> tuple[str, An
     return path, field, model
 
 
-def _range_text(field: Any) -> str:
-    """The allowed range of a field from its constraints, e.g. 'between 1 and 1000'."""
-    low: tuple[str, Any] | None = None
-    high: tuple[str, Any] | None = None
-    for meta in field.metadata if field is not None else ():
-        if isinstance(meta, Ge):
-            low = (">=", meta.ge)
-        elif isinstance(meta, Gt):
-            low = (">", meta.gt)
-        elif isinstance(meta, Le):
-            high = ("<=", meta.le)
-        elif isinstance(meta, Lt):
-            high = ("<", meta.lt)
-    if low is not None and high is not None and low[0] == ">=" and high[0] == "<=":
-        return f"between {low[1]:g} and {high[1]:g}"
-    return " and ".join(f"{op} {bound:g}" for op, bound in (b for b in (low, high) if b))
-
-
-def _show(value: Any, path: str) -> str:
-    """A value for an error message: secrets redacted, URLs without credentials, kept short."""
-    if _is_secret(path):
-        return "<redacted>"
-    if isinstance(value, SecretStr):
-        return "<redacted>"
-    if isinstance(value, str) and ("://" in value or path.endswith("_url")):
-        # also a scheme-less ``user:key@host`` or ``host/v1?key=...``
-        from langchain_fastpipe.transport._config import quote_url
-
-        value = quote_url(value)
-    if isinstance(value, (dict, list)) and len(repr(value)) > 80:
-        return f"<{type(value).__name__}>"
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _source_of(loc: tuple[int | str, ...], sources: Mapping[tuple[str, ...], str]) -> str:
-    """The layer that supplied the value at ``loc`` (longest recorded prefix)."""
+def _source_of(
+    loc: tuple[int | str, ...], label: typing.Callable[[tuple[str, ...]], str] | None
+) -> str:
+    """`` (from <layer>)`` for the value at ``loc`` (its longest labelled prefix), or ""."""
+    if label is None:
+        return ""
     keys = tuple(str(p) for p in loc if isinstance(p, str))
     for end in range(len(keys), 0, -1):
-        label = sources.get(keys[:end])
-        if label:
-            return f" (from {label})"
+        found = label(keys[:end])
+        if found:
+            return f" (from {found})"
     return ""
 
 
 def _describe(
-    err: ErrorDetails, root: type[BaseModel], sources: Mapping[tuple[str, ...], str]
+    err: ErrorDetails,
+    root: type[BaseModel],
+    label: typing.Callable[[tuple[str, ...]], str] | None,
 ) -> str:
     """One line naming the key, the value, the allowed values and the source."""
     loc = tuple(err["loc"])
     kind = err["type"]
     path, field, section = _resolve(root, loc)
-    origin = _source_of(loc, sources)
+    origin = _source_of(loc, label)
     if kind == "extra_forbidden":
         return _unknown_key(root, loc) + origin
-    value = _show(err.get("input"), path)
+    value = show_value(err.get("input"), path)
+    bounds = range_text(field.metadata) if field is not None else ""
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        rng = _range_text(field)
-        return f"{path} = {value} is out of range: must be {rng}{origin}"
+        return f"{path} = {value} is out of range: must be {bounds}{origin}"
     if kind == "literal_error":
         expected = (err.get("ctx") or {}).get("expected", "")
         return f"{path} = {value} is not allowed: must be one of {expected}{origin}"
@@ -940,21 +907,9 @@ def _describe(
         if section is not None or not path:  # a whole-section check names its keys itself
             return f"{err['msg']}{origin}"
         return f"{path} = {value} {err['msg']}{origin}"
-    rng = _range_text(field)
-    expected = _TYPE_WORDS.get(kind, err["msg"].removeprefix("Input should be ").rstrip("."))
-    extra = f" {rng}" if rng else ""
+    expected = TYPE_WORDS.get(kind, err["msg"].removeprefix("Input should be ").rstrip("."))
+    extra = f" {bounds}" if bounds else ""
     return f"{path} = {value} is not valid: expected {expected}{extra}{origin}"
-
-
-_TYPE_WORDS = {
-    "bool_type": "true or false",
-    "int_type": "an integer",
-    "int_from_float": "an integer",
-    "float_type": "a number",
-    "string_type": "a string",
-    "list_type": "a list of strings",
-    "finite_number": "a finite number",
-}
 
 
 def _unknown_key(root: type[BaseModel], loc: tuple[int | str, ...]) -> str:
@@ -963,10 +918,10 @@ def _unknown_key(root: type[BaseModel], loc: tuple[int | str, ...]) -> str:
     key = str(loc[-1])
     full = f"{parent_path}.{key}" if parent_path else key
     valid = list(parent.model_fields) if parent is not None else []
-    hint = _suggest(key, valid)
+    hint = suggest(key, valid)
     if hint is None and parent is root and root is FastpipeConfig:
         # A key of some section written at the top level, e.g. "connection_pool_size".
-        near = _suggest(key, list(_LEAVES))
+        near = suggest(key, list(_LEAVES))
         hint = f"{_LEAVES[near]}.{near}" if near else None
     if hint is not None:
         shown = f"{parent_path}.{hint}" if parent_path else hint

@@ -167,6 +167,7 @@ async def run_emulator_config(
         The configuration's result; ``loads_in_first_query`` counts the emulator's model
         loads while the first query's clock ran.
     """
+    from langchain_fastpipe.chat_models import ChatFastpipe
     from langchain_fastpipe.emulator import EmulatorConfig, EmulatorServer, ModelProfile
 
     bar = progress or Progress(0, None)
@@ -181,7 +182,7 @@ async def run_emulator_config(
     await asyncio.to_thread(server.start)
     try:
         fcfg = config.fastpipe_config(server.openai_base_url, _EMULATOR_MODEL)
-        model = fcfg.chat_model(preload=False)
+        model = ChatFastpipe.from_config(fcfg, preload=False)
         pipeline = _pipeline(config, model, model)
         preload_seconds: float | None = None
         if config.preloading:
@@ -233,6 +234,7 @@ async def run_local_config(
     Raises:
         LocalServerError: The server binary or model is missing or never became healthy.
     """
+    from langchain_fastpipe.chat_models import ChatFastpipe
     from langchain_fastpipe.local import LocalModelServer, find_free_port
 
     bar = progress or Progress(0, None)
@@ -244,7 +246,9 @@ async def run_local_config(
         fcfg = config.fastpipe_config(base_url, server.model)
         # A few-shot prompt and a newline stop make the base model answer in a few words;
         # max_tokens bounds it (it never ends a turn by itself).
-        model = fcfg.chat_model(preload=False, temperature=0.0, max_tokens=max_tokens, stop=["\n"])
+        model = ChatFastpipe.from_config(
+            fcfg, preload=False, temperature=0.0, max_tokens=max_tokens, stop=["\n"]
+        )
         pipeline = _local_pipeline(config, model)
         preload_seconds: float | None = None
         starts_before = server.starts

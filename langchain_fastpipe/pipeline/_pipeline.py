@@ -144,7 +144,8 @@ class AnswerPipeline(RunnableSerializable[PipelineInput, str]):
         Args:
             config: The configuration.
             extraction_model: The extraction stage's model; default
-                ``config.chat_model(model=backend.extraction_model or backend.model)``
+                ``ChatFastpipe.from_config(config, model=backend.extraction_model or
+                backend.model)``
                 (not preloaded here: warm it with ``ModelPreloader.from_config(config)``).
             formatting_model: The formatting stage's model; default likewise with
                 ``backend.formatting_model``.
@@ -258,4 +259,6 @@ def _config_model(config: FastpipeConfig, name: str | None, stage: str) -> BaseC
             f"backend.{stage} or backend.model in the configuration, or pass {stage}="
         )
         raise ConfigError(msg)
-    return config.chat_model(model=model, preload=False)  # ModelPreloader.from_config warms
+    from langchain_fastpipe.chat_models import ChatFastpipe
+
+    return ChatFastpipe.from_config(config, model=model, preload=False)  # the preloader warms

@@ -94,8 +94,10 @@ class _Knobs(BaseModel):
         """Validate ``data``; raise ConfigError naming each bad field, value and range."""
         try:
             super().__init__(**data)
+            return
         except ValidationError as exc:
-            raise field_error(exc, type(self), type(self).__name__) from None
+            error = field_error(exc, type(self), type(self).__name__)
+        raise error  # outside the handler: no chained ValidationError quoting raw input
 
     # This __init__ only wraps BaseModel's: nested validation need not call it.
     __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
@@ -108,7 +110,8 @@ class _Knobs(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise field_error(exc, cls, owner, names, prefix=prefix) from None
+            error = field_error(exc, cls, owner, names, prefix=prefix)
+        raise error  # outside the handler: no chained ValidationError quoting raw input
 
 
 class PoolLimits(_Knobs):

@@ -212,5 +212,5 @@ def test_tls_verification_is_on_by_default() -> None:
         backend={"base_url": "https://example.com/v1"},
         performance_optimizations={"enable_model_preloading": False},  # no warm-up request
     )
-    assert config.endpoint_config().verify is True
-    assert config.chat_model(model="emu").verify is True
+    assert EndpointConfig.from_config(config).verify is True
+    assert ChatFastpipe.from_config(config, model="emu").verify is True

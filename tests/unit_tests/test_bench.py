@@ -26,6 +26,7 @@ from langchain_fastpipe._bench.results import (
     report_json,
     summarize,
 )
+from langchain_fastpipe.chat_models import ChatFastpipe
 from langchain_fastpipe.errors import ConfigError
 from langchain_fastpipe.stats import quantile
 
@@ -72,9 +73,9 @@ def test_fastpipe_config_applies_the_flags_and_ignores_the_environment(
     assert cfg.flags["enable_response_streaming"] is True
     assert cfg.flags["enable_connection_pooling"] is False
     assert cfg.flags["enable_model_preloading"] is False
-    kwargs = cfg.chat_model_kwargs()
-    assert kwargs["pooling"] is False
-    assert kwargs["streaming"] is True
+    model = ChatFastpipe.from_config(cfg, preload=False)
+    assert model.pooling is False
+    assert model.streaming is True
     assert "not-needed" not in repr(cfg)
 
 

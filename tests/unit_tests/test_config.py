@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-import importlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import BaseModel, SecretStr
 
+from langchain_fastpipe import chat_models
 from langchain_fastpipe import config as config_module
+from langchain_fastpipe.chat_models import ChatFastpipe
 from langchain_fastpipe.config import (
     ENV_ALIASES,
     BackendSettings,
@@ -22,6 +25,7 @@ from langchain_fastpipe.config import (
     set_config,
 )
 from langchain_fastpipe.errors import ConfigError
+from langchain_fastpipe.transport import EndpointConfig
 
 DOCUMENTED = {
     "performance_optimizations": {
@@ -258,7 +262,7 @@ def test_base_url_uses_the_transport_validator(url: str, reason: str) -> None:
 
 def test_upper_case_scheme_is_accepted_like_the_transport_does() -> None:
     cfg = FastpipeConfig(backend={"base_url": "HTTPS://example.com/v1"})
-    assert cfg.endpoint_config().base_url == "HTTPS://example.com/v1"
+    assert EndpointConfig.from_config(cfg).base_url == "HTTPS://example.com/v1"
 
 
 def test_redis_store_needs_a_redis_url() -> None:
@@ -618,7 +622,7 @@ def test_api_key_never_in_repr_str_or_dumps() -> None:
         cfg.model_dump_json(),
         cfg.to_json(),
         json.dumps(cfg.model_dump(mode="json")),
-        str(cfg.chat_model_kwargs()),
+        repr(ChatFastpipe.from_config(cfg, model="m", preload=False)),
     ):
         assert SECRET not in text
 
@@ -680,7 +684,7 @@ def test_config_is_frozen() -> None:
 
 
 # ------------------------------------------------------------------ knobs & flags
-def test_endpoint_kwargs_apply_pool_and_flags() -> None:
+def test_endpoint_from_config_applies_pool_and_flags() -> None:
     cfg = FastpipeConfig(
         performance_optimizations={
             "enable_connection_pooling": False,
@@ -693,15 +697,10 @@ def test_endpoint_kwargs_apply_pool_and_flags() -> None:
         },
         backend={"base_url": "http://127.0.0.1:9/v1"},
     )
-    assert cfg.endpoint_kwargs() == {
-        "base_url": "http://127.0.0.1:9/v1",
-        "http2": False,
-        "pooling": False,
-        "timeout": 9.0,
-        "connect_timeout": 2.0,
-        "limits": {"max_keepalive_connections": 80, "max_connections": 80},
-        "retry": {"max_retries": 4},
-    }
+    ep = EndpointConfig.from_config(cfg)
+    assert (ep.base_url, ep.http2, ep.pooling) == ("http://127.0.0.1:9/v1", False, False)
+    assert (ep.timeout, ep.connect_timeout, ep.retry.max_retries) == (9.0, 2.0, 4)
+    assert (ep.limits.max_keepalive_connections, ep.limits.max_connections) == (80, 80)
 
 
 def test_default_base_url_per_provider(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -719,13 +718,14 @@ def test_resolved_base_url_honours_the_env_like_the_chat_model(
     monkeypatch.setenv("OPENAI_BASE_URL", "http://10.0.0.1:8000/v1")
     cfg = FastpipeConfig(performance_optimizations={"enable_model_preloading": False})
     assert cfg.resolved_base_url() == "http://10.0.0.1:8000/v1"
-    assert cfg.endpoint_config().base_url == cfg.chat_model(model="m").endpoint_config.base_url
+    chat = ChatFastpipe.from_config(cfg, model="m")
+    assert EndpointConfig.from_config(cfg).base_url == chat.endpoint_config.base_url
     assert cfg.resolved_base_url(env={"FASTPIPE_BASE_URL": "http://h:1/v1"}) == "http://h:1/v1"
     ollama = FastpipeConfig(backend={"provider": "ollama"})
     assert ollama.resolved_base_url() == "http://127.0.0.1:11434"  # OpenAI's variables only
 
 
-def test_chat_model_kwargs_streaming_off_disables_streaming() -> None:
+def test_chat_model_from_config_streaming_off_disables_streaming() -> None:
     cfg = FastpipeConfig.load(
         env={
             "FASTPIPE_ENABLE_RESPONSE_STREAMING": "false",
@@ -735,18 +735,18 @@ def test_chat_model_kwargs_streaming_off_disables_streaming() -> None:
         },
         model="m",
     )
-    kw = cfg.chat_model_kwargs()
-    assert kw["streaming"] is False
-    assert kw["disable_streaming"] is True
-    assert kw["pooling"] is False
-    assert kw["preload"] is False  # preloading off: the model loads on first use
-    assert kw["model"] == "m"
-    assert isinstance(kw["api_key"], SecretStr)
-    assert "base_url" not in kw  # unset optional values are left out
-    on = FastpipeConfig().chat_model_kwargs()
-    assert on["streaming"] is True
-    assert "disable_streaming" not in on
-    assert on["preload"] is True  # the flag's default: warm up in the background
+    model = ChatFastpipe.from_config(cfg)
+    assert model.streaming is False
+    assert model.disable_streaming is True
+    assert model.pooling is False
+    assert model.preload is False  # preloading off: the model loads on first use
+    assert model.model_name == "m"
+    assert isinstance(model.api_key, SecretStr)
+    assert model.api_key.get_secret_value() == SECRET
+    on = ChatFastpipe.from_config(FastpipeConfig(), model="m", preload=False)
+    assert on.streaming is True
+    assert on.disable_streaming is False
+    assert FastpipeConfig().flags["enable_model_preloading"] is True  # from_config: preload
 
 
 def test_preload_models() -> None:
@@ -760,18 +760,13 @@ def test_preload_models() -> None:
     assert off.preload_models() == []
 
 
-def _require(module: str, name: str) -> Any:
-    return getattr(importlib.import_module(module), name)
-
-
 def test_endpoint_config_builds_the_transport_config() -> None:
-    endpoint_config_cls = _require("langchain_fastpipe.transport", "EndpointConfig")
     cfg = FastpipeConfig(
         performance_optimizations={"enable_connection_pooling": False, "connection_pool_size": 7},
         backend={"base_url": "http://127.0.0.1:9/v1"},
     )
-    ep = cfg.endpoint_config(verify=False)
-    assert isinstance(ep, endpoint_config_cls)
+    ep = EndpointConfig.from_config(cfg, verify=False)
+    assert isinstance(ep, EndpointConfig)
     assert ep.pooling is False
     assert ep.limits.max_keepalive_connections == 7
     assert ep.limits.max_connections == 50
@@ -781,13 +776,12 @@ def test_endpoint_config_builds_the_transport_config() -> None:
 
 
 def test_chat_model_applies_flags() -> None:
-    chat_cls = _require("langchain_fastpipe.chat_models", "ChatFastpipe")
     cfg = FastpipeConfig(
         performance_optimizations={"enable_response_streaming": False},
         backend={"base_url": "http://127.0.0.1:9/v1", "model": "m"},
     )
-    model = cfg.chat_model(max_retries=0)
-    assert isinstance(model, chat_cls)
+    model = ChatFastpipe.from_config(cfg, max_retries=0)
+    assert isinstance(model, ChatFastpipe)
     assert model.disable_streaming is True
     assert model.max_retries == 0
 
@@ -800,40 +794,41 @@ def test_every_chat_model_setting_reaches_the_chat_model() -> None:
         },
         backend={"base_url": "http://127.0.0.1:9/v1", "model": "m"},
     )  # fmt: skip
-    model = cfg.chat_model()
-    assert model.endpoint_config == cfg.endpoint_config()
+    model = ChatFastpipe.from_config(cfg)
+    assert model.endpoint_config == EndpointConfig.from_config(cfg)
     assert model.endpoint_config.connect_timeout == 1.5
 
 
 def test_chat_model_raises_on_keys_it_would_drop(monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = FastpipeConfig(backend={"base_url": "http://127.0.0.1:9/v1", "model": "m"})
     with pytest.raises(ConfigError, match=r"'temprature' \(override\), did you mean 'temperature'"):
-        cfg.chat_model(temprature=0.5)
-    real = FastpipeConfig.chat_model_kwargs
+        ChatFastpipe.from_config(cfg, temprature=0.5)
+    real = chat_models._config_kwargs
 
-    def with_stray_key(self: FastpipeConfig) -> dict[str, Any]:
-        return {**real(self), "preload_timeout": 60.0}
+    def with_stray_key(config: FastpipeConfig) -> dict[str, Any]:
+        return {**real(config), "preload_timeout": 60.0}
 
-    monkeypatch.setattr(FastpipeConfig, "chat_model_kwargs", with_stray_key)
+    monkeypatch.setattr(chat_models, "_config_kwargs", with_stray_key)
     with pytest.raises(ConfigError, match=r"'preload_timeout' \(configuration setting\)"):
-        cfg.chat_model()
+        ChatFastpipe.from_config(cfg)
 
 
 def test_chat_model_preloads_when_the_flag_is_on_once_per_model(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    chat_models = pytest.importorskip("langchain_fastpipe.chat_models")
     seen: list[Any] = []
     monkeypatch.setattr(chat_models, "_preload_hook", seen.append)
     monkeypatch.setattr(chat_models, "_preloaded", set())
     cfg = FastpipeConfig(backend={"base_url": "http://127.0.0.1:9/v1", "model": "m"})
     assert cfg.flags["enable_model_preloading"] is True
-    model = cfg.chat_model()
+    model = ChatFastpipe.from_config(cfg)
     assert model.preload is True
     assert seen == [model]
-    cfg.chat_model()  # the same endpoint and model: handed to the preloader only once
+    ChatFastpipe.from_config(cfg)  # the same endpoint and model: handed over only once
     assert seen == [model]
-    off = cfg.with_overrides(enable_model_preloading=False).chat_model(model="other")
+    assert cfg.chat_model() is not model  # the deprecated alias of from_config
+    assert seen == [model]
+    off = ChatFastpipe.from_config(cfg.with_overrides(enable_model_preloading=False), model="o")
     assert off.preload is False
     assert seen == [model]
 
@@ -842,9 +837,8 @@ def test_step_models_fall_back_to_the_backend_model() -> None:
     cfg = FastpipeConfig(
         backend={"base_url": "http://127.0.0.1:9/v1", "model": "m", "formatting_model": "f"}
     )
-    assert cfg.extraction_chat_model().model_name == "m"
-    assert cfg.formatting_chat_model().model_name == "f"
-    assert cfg.formatting_chat_model(model="x").model_name == "x"
+    assert cfg.pipeline_options()["extraction_model"] == "m"
+    assert cfg.pipeline_options()["formatting_model"] == "f"
 
 
 def test_pipeline_and_preload_options_carry_every_setting() -> None:
@@ -903,3 +897,34 @@ def test_module_docstring_documents_precedence() -> None:
 def test_section_types_are_pydantic_models() -> None:
     for section in ("performance_optimizations", "backend", "preload", "pipeline"):
         assert issubclass(FastpipeConfig.model_fields[section].annotation, BaseModel)  # type: ignore[arg-type]
+
+
+def test_config_imports_nothing_above_it() -> None:
+    code = (
+        "import sys, langchain_fastpipe.config\n"
+        "above = ('chat_models', 'pipeline', 'preload', 'transport')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[1:2] and "
+        "m.split('.')[0] == 'langchain_fastpipe' and m.split('.')[1] in above))"
+    )
+    out = subprocess.run(  # noqa: S603 - our interpreter, fixed code
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_field_descriptions_cost_no_source_reading() -> None:
+    # use_attribute_docstrings reads the source of every loaded module at class creation
+    for model in (FastpipeConfig, PerformanceOptimizations, BackendSettings):
+        assert not model.model_config.get("use_attribute_docstrings")
+
+
+def test_settings_sources_follow_the_documented_precedence(tmp_path: Path) -> None:
+    path = write_json(tmp_path, {"backend": {"model": "file", "extraction_model": "file"}})
+    cfg = FastpipeConfig.load(
+        path, env={"FASTPIPE_BACKEND__MODEL": "env", "FASTPIPE_BACKEND__FORMATTING_MODEL": "env"},
+        overrides={"backend.model": "code"},
+    )  # fmt: skip
+    assert (cfg.backend.model, cfg.backend.extraction_model) == ("code", "file")
+    assert cfg.backend.formatting_model == "env"
+    assert FastpipeConfig.model_config["env_prefix"] == "FASTPIPE_"
+    assert FastpipeConfig.model_config["env_nested_delimiter"] == "__"
