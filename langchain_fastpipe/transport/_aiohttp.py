@@ -22,6 +22,7 @@ Two things are adapted here:
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -102,10 +103,17 @@ def _trace_config() -> Any:
 
 
 class _MappedStream(httpx.AsyncByteStream):
-    """A response body stream whose errors are re-mapped by :func:`remap_aiohttp_error`."""
+    """A response body stream whose errors are re-mapped by :func:`remap_aiohttp_error`.
+
+    Closing a body that was not read to its end closes its connection (HTTP/1.1 cannot
+    reuse it). aiohttp frees the connector's slot at once but the socket only on the next
+    loop turn (asyncio's transport ``close``); :meth:`aclose` lets that turn pass, so when
+    it returns the socket is gone and the pool's connection limit bounds real sockets.
+    """
 
     def __init__(self, stream: httpx.AsyncByteStream) -> None:
         self._stream = stream
+        self._ended = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
@@ -113,9 +121,12 @@ class _MappedStream(httpx.AsyncByteStream):
                 yield chunk
         except httpx.TransportError as exc:
             raise remap_aiohttp_error(exc) from exc.__cause__
+        self._ended = True
 
     async def aclose(self) -> None:
         await self._stream.aclose()
+        if not self._ended:
+            await asyncio.sleep(0)  # the transport's connection_lost runs in this turn
 
 
 def aiohttp_transport(
