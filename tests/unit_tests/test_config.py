@@ -928,3 +928,10 @@ def test_settings_sources_follow_the_documented_precedence(tmp_path: Path) -> No
     assert cfg.backend.formatting_model == "env"
     assert FastpipeConfig.model_config["env_prefix"] == "FASTPIPE_"
     assert FastpipeConfig.model_config["env_nested_delimiter"] == "__"
+
+
+def test_wire_defaults_agree_with_the_knob_declarations() -> None:
+    # The documented section writes its own defaults (api_timeout_seconds: 30, ...); they
+    # must equal the knobs' declared defaults on EndpointConfig and its policies.
+    cfg = FastpipeConfig(backend={"base_url": "http://127.0.0.1:9/v1"})
+    assert EndpointConfig.from_config(cfg) == EndpointConfig(base_url="http://127.0.0.1:9/v1")

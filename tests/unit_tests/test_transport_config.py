@@ -175,3 +175,41 @@ def test_auto_engine_admits_per_connection_on_aiohttp_and_per_stream_on_h2() -> 
     tls = PooledClient(EndpointConfig(base_url="https://h", limits=limits))
     assert plain._async_gate_size == 7
     assert tls._async_gate_size == 33
+
+
+def test_chat_model_transport_fields_are_the_knob_declarations() -> None:
+    from langchain_fastpipe.chat_models import ChatFastpipe
+    from langchain_fastpipe.transport._config import knob_paths
+
+    paths = knob_paths(ChatFastpipe)
+    assert paths["breaker_window"] == "breaker.window"
+    assert paths["max_connections"] == "limits.max_connections"
+    assert "_transport_key" not in vars(ChatFastpipe)
+    default = EndpointConfig(base_url="http://h")
+    for name, path in paths.items():
+        head, _, leaf = path.partition(".")
+        declared = getattr(getattr(default, head), leaf) if leaf else getattr(default, head)
+        assert ChatFastpipe.model_fields[name].default == declared, name
+        owner = type(getattr(default, head)) if leaf else EndpointConfig
+        knob = owner.model_fields[leaf or head]
+        assert ChatFastpipe.model_fields[name].metadata[: len(knob.metadata)] == knob.metadata
+
+
+def test_errors_name_the_field_the_user_wrote() -> None:
+    from langchain_fastpipe.chat_models import ChatFastpipe
+
+    with pytest.raises(
+        ConfigError, match=r"^EndpointConfig\.timeout must be finite and > 0, got -1$"
+    ):
+        EndpointConfig(base_url="http://h", timeout=-1)
+    with pytest.raises(
+        ConfigError, match=r"^ChatFastpipe\.timeout must be finite and > 0, got -1$"
+    ):
+        ChatFastpipe(model="m", base_url="http://h", timeout=-1)
+    with pytest.raises(
+        ConfigError,
+        match=r"^ChatFastpipe\.breaker_max_cooldown must be >= ChatFastpipe\.breaker_cooldown",
+    ):
+        ChatFastpipe(model="m", base_url="http://h", breaker_cooldown=5.0, breaker_max_cooldown=1.0)
+    with pytest.raises(ConfigError, match=r"^EndpointConfig has no field 'timout'; did you mean"):
+        EndpointConfig(base_url="http://h", timout=1)  # type: ignore[call-arg]
