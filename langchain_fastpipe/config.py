@@ -97,7 +97,6 @@ from langchain_fastpipe.errors import ConfigError
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-    from langchain_fastpipe.chat_models import ChatFastpipe
 
     _Base = BaseModel
 else:
@@ -489,16 +488,6 @@ class FastpipeConfig(_ConfigErrorsMixin, BaseSettings):
         from langchain_fastpipe.providers._base import env_base_url
 
         return env_base_url(get_provider(self.backend.provider), env)
-
-    def chat_model(self, **overrides: Any) -> ChatFastpipe:
-        """Deprecated: use ``ChatFastpipe.from_config(config, **overrides)``.
-
-        Args:
-            **overrides: ``ChatFastpipe`` fields that win over the configuration.
-        """
-        from langchain_fastpipe.chat_models import ChatFastpipe
-
-        return ChatFastpipe.from_config(self, **overrides)
 
     def pipeline_options(self) -> PipelineOptions:
         """The settings an answer pipeline reads (pure; see :class:`PipelineOptions`)."""

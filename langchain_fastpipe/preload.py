@@ -706,7 +706,8 @@ class ModelPreloader:
         timeout = config.performance_optimizations.preload_timeout_seconds
         refresh = config.preload.keep_alive_refresh_seconds
         for model in config.preload_models():
-            chat = config.chat_model(model=model, preload=False)  # registered here instead
+            # preload=False: registered here instead, with this preloader's settings.
+            chat = ChatFastpipe.from_config(config, model=model, preload=False)
             preloader.register(chat, timeout=timeout, refresh_every=refresh)
         return preloader
 

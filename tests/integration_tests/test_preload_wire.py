@@ -290,7 +290,7 @@ async def test_from_config_warms_the_configured_models(make_emulator: MakeEmulat
     results = await pre.preload()
     assert [r.status for r in results] == [PreloadStatus.OK, PreloadStatus.OK]
     assert emu.load_counts == {"a": 1, "b": 1}
-    reply = await config.chat_model(model="b", preload=False).ainvoke("Hi")
+    reply = await ChatFastpipe.from_config(config, model="b", preload=False).ainvoke("Hi")
     assert reply.content
     assert emu.load_counts == {"a": 1, "b": 1}  # the configured model was already loaded
     await pre.aclose()

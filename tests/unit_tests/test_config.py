@@ -826,8 +826,6 @@ def test_chat_model_preloads_when_the_flag_is_on_once_per_model(
     assert seen == [model]
     ChatFastpipe.from_config(cfg)  # the same endpoint and model: handed over only once
     assert seen == [model]
-    assert cfg.chat_model() is not model  # the deprecated alias of from_config
-    assert seen == [model]
     off = ChatFastpipe.from_config(cfg.with_overrides(enable_model_preloading=False), model="o")
     assert off.preload is False
     assert seen == [model]
