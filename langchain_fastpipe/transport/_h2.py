@@ -28,7 +28,8 @@ This module owns that behaviour, at the depth where it lives:
   streams fail at once instead of at the read timeout. And before each write (async),
   what the socket holds is read into memory first (``_read_first``): a reset
   connection otherwise loses the end of streams the server already sent (nginx resets
-  connections it had sent GOAWAY on when a reload closes them).
+  connections it had sent GOAWAY on when a reload closes them; asyncio drops what it
+  had not read when a write fails).
 * The connection, pool and transport classes that build them: :func:`async_transport`
   and :func:`sync_transport` return httpx transports over them.
 * :func:`abort_dead_loop_client`: closes the sockets of a client whose event loop died.
@@ -82,8 +83,10 @@ WRITTEN_FOR: Final = {"httpx": "0.28.1", "httpcore": "1.0.9", "h2": "4.4.1"}
 #: that the refusal is reported (the pool's replays and retries take over, with backoff).
 REFUSED_RESENDS: Final = 3
 
-#: Reads, at most, that drain the socket before a write (:meth:`_read_first`).
+#: Reads, at most, that drain the socket before a write (``_read_first``), and how long
+#: one may wait for a frame (readable bytes may be a TLS record that is none).
 _DRAIN_READS: Final = 32
+_POLL_READ: Final = 0.05
 
 _GOAWAY_PING: Final = b"fp-goawy"  # opaque data of the PING probe sent after a GOAWAY
 #: Seconds of silence, after a GOAWAY while streams it kept are open, before the probe.
@@ -351,7 +354,7 @@ class AsyncGracefulHTTP2Connection(httpcore.AsyncHTTP2Connection):
             if poll and not self._network_stream.get_extra_info("is_readable"):
                 return
             if stream_id is None or not self._events.get(stream_id):
-                for event in await self._read_incoming_data(request):
+                for event in await self._read_incoming_data(request, poll=poll):
                     if isinstance(event, h2.events.RemoteSettingsChanged):
                         async with Trace("receive_remote_settings", _log, request) as trace:
                             await self._receive_remote_settings_change(event)
@@ -383,14 +386,22 @@ class AsyncGracefulHTTP2Connection(httpcore.AsyncHTTP2Connection):
             await self._read_first(request)
         await super()._write_outgoing_data(request)
 
-    async def _read_incoming_data(self, request: httpcore.Request) -> list[h2.events.Event]:
-        # Adapted from httpcore 1.0.9 (under the read lock): after a GOAWAY, a server
+    async def _read_incoming_data(
+        self, request: httpcore.Request, *, poll: bool = False
+    ) -> list[h2.events.Event]:
+        # Adapted from httpcore 1.0.9 (under the read lock). After a GOAWAY, a server
         # silent for _PROBE_AFTER while streams it kept are open gets the PING probe.
-        if self._read_exception is not None or not self._graceful.probe_due():
+        # ``poll``: the socket was readable, but its bytes may hold no frame (a TLS
+        # session ticket): wait for one only briefly, and a timeout is no error.
+        if self._read_exception is not None or not (poll or self._graceful.probe_due()):
             return await super()._read_incoming_data(request)
         try:
-            data = await self._network_stream.read(self.READ_NUM_BYTES, _PROBE_AFTER)
+            data = await self._network_stream.read(
+                self.READ_NUM_BYTES, _POLL_READ if poll else _PROBE_AFTER
+            )
         except httpcore.ReadTimeout:
+            if poll:
+                return []
             self._graceful.probe()
             await self._flush_quietly(request, reading=True)
             return await super()._read_incoming_data(request)
@@ -465,12 +476,15 @@ class GracefulHTTP2Connection(httpcore.HTTP2Connection):
         self._graceful = GracefulH2Connection(config=self.CONFIG)
         self._h2_state = self._graceful
         self._streams = _Streams(self._graceful)
-        self._set_up = False
 
     def handle_request(self, request: httpcore.Request) -> httpcore.Response:
-        """Send ``request`` on a new stream (ConnectionNotAvailable after a GOAWAY)."""
-        self._read_first(request)
-        if self._graceful.goaway_last_stream_id is not None or self._connection_error:
+        """Send ``request`` on a new stream (ConnectionNotAvailable after a GOAWAY).
+
+        Unlike the async class, nothing is read before writing: a failed write leaves
+        what a socket received readable, and reading while other threads send would
+        race them on the h2 state (httpcore's sync HTTP/2 has no lock around it).
+        """
+        if self._graceful.goaway_last_stream_id is not None:
             raise httpcore.ConnectionNotAvailable
         return super().handle_request(request)
 
@@ -486,7 +500,6 @@ class GracefulHTTP2Connection(httpcore.HTTP2Connection):
         if self._graceful.goaway_last_stream_id is not None:
             raise self._not_available()
         self._streams.requests[stream_id] = request
-        self._set_up = True  # the preface and the stream limits are in place
         super()._send_request_headers(request, stream_id)
 
     def _wait_for_outgoing_flow(self, request: httpcore.Request, stream_id: int) -> int:
@@ -524,14 +537,11 @@ class GracefulHTTP2Connection(httpcore.HTTP2Connection):
         stream_id: int | None = None,
         *,
         flow_for: int | None = None,
-        poll: bool = False,
     ) -> None:
         # Adapted from httpcore 1.0.9 (see the async class).
         with self._read_lock:
             if self._streams.unprocessed(stream_id or flow_for, self._events):
                 raise self._not_available()
-            if poll and not self._network_stream.get_extra_info("is_readable"):
-                return
             if stream_id is None or not self._events.get(stream_id):
                 for event in self._read_incoming_data(request):
                     if isinstance(event, h2.events.RemoteSettingsChanged):
@@ -542,8 +552,7 @@ class GracefulHTTP2Connection(httpcore.HTTP2Connection):
                         self._streams.note(event, self._events)
                     elif isinstance(event, h2.events.ConnectionTerminated):
                         self._connection_terminated = event
-        if not poll:
-            self._flush_quietly(request)
+        self._flush_quietly(request)
 
     def _receive_response_body(self, request: httpcore.Request, stream_id: int) -> Iterator[bytes]:
         # Adapted from httpcore 1.0.9 (see the async class).
@@ -564,7 +573,7 @@ class GracefulHTTP2Connection(httpcore.HTTP2Connection):
             data = self._network_stream.read(self.READ_NUM_BYTES, _PROBE_AFTER)
         except httpcore.ReadTimeout:
             self._graceful.probe()
-            self._flush_quietly(request, reading=True)
+            self._flush_quietly(request)
             return super()._read_incoming_data(request)
         except Exception as exc:
             self._read_exception = exc
@@ -574,28 +583,10 @@ class GracefulHTTP2Connection(httpcore.HTTP2Connection):
             return super()._read_incoming_data(request)
         return self._graceful.receive_data(data)
 
-    def _write_outgoing_data(self, request: httpcore.Request, *, reading: bool = False) -> None:
-        if self._graceful.has_data_to_send() and not reading:
-            self._read_first(request)
-        super()._write_outgoing_data(request)
-
-    def _read_first(self, request: httpcore.Request) -> None:
-        """Sync :meth:`AsyncGracefulHTTP2Connection._read_first`."""
-        if not self._set_up:
-            return
-        for _ in range(_DRAIN_READS):
-            if not self._network_stream.get_extra_info("is_readable"):
-                return
-            try:
-                self._receive_events(request, poll=True)
-            except Exception as exc:
-                forget_traceback(exc)
-                return
-
-    def _flush_quietly(self, request: httpcore.Request, *, reading: bool = False) -> None:
+    def _flush_quietly(self, request: httpcore.Request) -> None:
         """Sync :meth:`AsyncGracefulHTTP2Connection._flush_quietly`."""
         try:
-            self._write_outgoing_data(request, reading=reading)
+            self._write_outgoing_data(request)
         except httpcore.WriteError as exc:
             forget_traceback(exc)
 
