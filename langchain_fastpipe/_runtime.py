@@ -2,7 +2,9 @@
 
 :func:`runtime` returns the one :class:`Runtime`: the metrics registry every layer reports
 into, the default preloader (built when first asked for, with the models named in
-``FASTPIPE_PRELOAD`` recorded in it), and the pools' statistics. Creating it starts
+``FASTPIPE_PRELOAD`` recorded in it), and the pooled clients (one per endpoint
+configuration, kept while something holds them) with their ``"pools"`` statistics
+source. Creating it starts
 nothing: no thread, no task, no socket. Warm-ups run where the application starts
 (``fastpipe_lifespan``, ``preload()``, ``preload_sync()``), or, for models built with
 ``preload=True``, at their first call when nothing started them
@@ -13,7 +15,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING, Any
+import weakref
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from langchain_fastpipe._metrics import StatsRegistry
 
@@ -25,18 +29,66 @@ __all__ = ["Runtime", "runtime"]
 logger = logging.getLogger(__name__)
 
 
+class _Pool(Protocol):
+    """What the runtime needs of a pooled client (``transport.PooledClient``)."""
+
+    endpoint: str
+
+    def stats(self) -> dict[str, Any]:
+        """The pool's statistics (JSON-serializable)."""
+        ...
+
+
+P = TypeVar("P", bound=_Pool)
+
+
 class Runtime:
-    """Pools' statistics, metrics and the default preloader of this process.
+    """The pools, metrics and the default preloader of this process.
+
+    Pools are kept weakly: one per configuration while something (a ``ChatFastpipe``, a
+    caller of ``get_pool``) holds it; a pool nothing holds is dropped and closes its
+    connections (its own finalizer).
 
     Attributes:
         metrics: The registry of statistics sources behind ``get_stats()`` and Prometheus.
     """
 
     def __init__(self) -> None:
-        """Create an empty runtime (no preloader yet, no source registered)."""
+        """Create an empty runtime: no pool, no preloader yet, the ``"pools"`` source."""
         self.metrics = StatsRegistry()
         self._preloader: ModelPreloader | None = None
         self._lock = threading.Lock()
+        self._pools_lock = threading.Lock()
+        self._pools: weakref.WeakValueDictionary[Hashable, Any] = weakref.WeakValueDictionary()
+        self._live: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.metrics.register("pools", self.pools)
+
+    def pool(self, config: Hashable, create: Callable[[Any], P]) -> P:
+        """The live pool of ``config``, or a new one from ``create(config)``.
+
+        Args:
+            config: The endpoint configuration (hashable).
+            create: Builds the pool of ``config`` (``PooledClient``).
+
+        Returns:
+            The same object for equal configs while it is held.
+        """
+        pool: P | None = self._pools.get(config)
+        if pool is None:
+            with self._pools_lock:
+                pool = self._pools.get(config)
+                if pool is None:
+                    pool = create(config)
+                    self._pools[config] = pool
+        return pool
+
+    def track_pool(self, pool: _Pool) -> None:
+        """Count ``pool`` among the live pools (its statistics; ``aclose_pools``), weakly."""
+        self._live.add(pool)
+
+    def live_pools(self) -> list[Any]:
+        """Every pool not yet dropped, those built directly included."""
+        return list(self._live)
 
     @property
     def preloader(self) -> ModelPreloader:
@@ -53,9 +105,19 @@ class Runtime:
         return preloader
 
     def pools(self) -> dict[str, Any]:
-        """``{endpoint: stats}`` of every live pool (the ``"pools"`` statistics source)."""
-        pools: dict[str, Any] = self.metrics.snapshot().get("pools", {})
-        return pools
+        """``{endpoint: stats}`` of every live pool (the ``"pools"`` statistics source).
+
+        Pools of the same endpoint with other settings get ``"<endpoint> #2"``, ...
+        """
+        out: dict[str, Any] = {}
+        for pool in list(self._live):
+            key = pool.endpoint
+            n = 2
+            while key in out:
+                key = f"{pool.endpoint} #{n}"
+                n += 1
+            out[key] = pool.stats()
+        return out
 
     def register_model(self, model: object) -> str:
         """Record ``model`` in the default preloader (``ChatFastpipe(preload=True)``).

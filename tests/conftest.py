@@ -93,11 +93,11 @@ class ResponseTracker:
 
     def track_sync(self, pool: PooledClient) -> None:
         """Record every response of ``pool``'s sync client."""
-        pool._client().event_hooks["response"].append(self._record)
+        pool._clients.client().event_hooks["response"].append(self._record)
 
     def track_async(self, pool: PooledClient) -> None:
         """Record every response of ``pool``'s async client of the running loop."""
-        pool._aclient().event_hooks["response"].append(self._arecord)
+        pool._clients.aclient().event_hooks["response"].append(self._arecord)
 
     def alive(self) -> int:
         """How many recorded responses are still alive after a full garbage collection."""

@@ -18,6 +18,11 @@ Two things are adapted here:
 * Errors. ``httpx_aiohttp`` maps every ``aiohttp.ClientConnectionError`` to
   ``httpx.ConnectTimeout`` (a refused connection looks like a timeout); the exception is
   mapped again here from its aiohttp cause, in the request phase and while streaming.
+
+And one walk of aiohttp's private attributes, :func:`mark_aiohttp_closed`: a client whose
+event loop ended without ``aclose_pools()`` cannot close its session any more; once its
+sockets are closed (``_h2.abort_dead_loop_client``) the session and connector are
+marked closed, so they do not warn "Unclosed client session" / "Unclosed connector".
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import httpx
 
 from langchain_fastpipe.transport._config import EndpointConfig
 
-__all__ = ["aiohttp_transport", "remap_aiohttp_error"]
+__all__ = ["aiohttp_transport", "mark_aiohttp_closed", "remap_aiohttp_error"]
 
 TraceHook = Callable[[str, dict[str, Any]], Awaitable[None]]
 
@@ -177,3 +182,25 @@ def aiohttp_transport(
 
     transport: httpx.AsyncBaseTransport = Transport(client=session)
     return transport
+
+
+def mark_aiohttp_closed(client: httpx.AsyncClient) -> None:
+    """Mark the aiohttp session and connector under ``client`` closed, without I/O.
+
+    For a client whose event loop is closed, after its sockets were closed directly:
+    aiohttp's ``close()`` needs the loop. The connector forgets its idle connections
+    and is flagged closed, the session drops it (``session.closed`` is then True).
+    Does nothing for other transports, or when aiohttp's layout differs.
+    """
+    transport = getattr(client, "_transport", None)
+    if not isinstance(transport, httpx.AsyncBaseTransport):
+        return
+    session: Any = getattr(transport, "client", None)
+    connector: Any = getattr(session, "_connector", None)
+    if session is None or connector is None or not hasattr(connector, "_conns"):
+        return
+    conns = getattr(connector, "_conns", None)
+    if isinstance(conns, dict):
+        conns.clear()
+    connector._closed = True
+    session._connector = None

@@ -117,11 +117,13 @@ class _Knobs(BaseModel):
 class PoolLimits(_Knobs):
     """Connection pool limits of one endpoint."""
 
+    # 100 connections as httpx and aiohttp. Keep-alive stays 20 (httpx's default): it is
+    # FastpipeConfig's documented ``connection_pool_size`` default, which maps onto it.
     max_keepalive_connections: int = Field(
         20, ge=0, description="Idle connections kept open for reuse."
     )
     max_connections: int = Field(
-        50,
+        100,
         ge=1,
         description="Connections open at once (HTTP/2 multiplexes many requests on one).",
     )

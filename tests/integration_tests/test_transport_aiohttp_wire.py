@@ -38,7 +38,7 @@ def aio_pool(server: EmulatorServer, **kwargs: object) -> PooledClient:
 def _engine(pool: PooledClient) -> bool:
     from httpx_aiohttp import AiohttpTransport
 
-    return isinstance(pool._aclient()._transport, AiohttpTransport)
+    return isinstance(pool._clients.aclient()._transport, AiohttpTransport)
 
 
 async def test_streams_read_to_the_end_reuse_one_connection(make_emulator) -> None:
@@ -75,7 +75,7 @@ async def test_early_close_releases_the_connection(make_emulator) -> None:
             assert pool.stats()["in_flight"] == 0
         data, _ = await asyncio.wait_for(pool.apost_json(CHAT, chat()), timeout=20)
         assert data["choices"]
-        connector = pool._aclient()._transport.client.connector  # type: ignore[attr-defined]
+        connector = pool._clients.aclient()._transport.client.connector  # type: ignore[attr-defined]
         assert len(connector._acquired) == 0  # nothing still checked out
     finally:
         await pool.aclose()

@@ -450,10 +450,10 @@ def test_clients_of_dead_loops_are_dropped_and_their_sockets_closed(
         asyncio.run(call())
         assert _client_sockets_to(server.port) == 1  # left behind by a loop that is gone
         asyncio.run(call())  # the new loop's client drops the dead one and its socket
-        assert len(pool._async_clients) == 1
+        assert len(pool._clients._async_clients) == 1
         assert _client_sockets_to(server.port) == 1
         pool.close()  # the second loop is closed too now
-        assert pool._async_clients == {}
+        assert pool._clients._async_clients == {}
         assert _client_sockets_to(server.port) == 0
         gc.collect()
     unclosed = [w for w in caught if "unclosed" in str(w.message)]
@@ -473,7 +473,7 @@ def test_aclose_pools_closes_the_loops_connections(make_emulator) -> None:
 
     assert asyncio.run(call()) == 1
     assert _client_sockets_to(server.port) == 0
-    assert pool._async_clients == {}
+    assert pool._clients._async_clients == {}
     data, _ = asyncio.run(pool.apost_json(CHAT, chat()))  # still usable
     assert data["choices"]
     pool.close()

@@ -164,7 +164,7 @@ def test_boundaries_are_accepted() -> None:
         },
         pipeline={"min_success_rate": 0, "probe_rate": 1},
     )
-    assert cfg.performance_optimizations.connection_pool_size == 1000
+    assert cfg.performance_optimizations.connection_pool_size == 200
 
 
 @pytest.mark.parametrize(
@@ -769,7 +769,7 @@ def test_endpoint_config_builds_the_transport_config() -> None:
     assert isinstance(ep, EndpointConfig)
     assert ep.pooling is False
     assert ep.limits.max_keepalive_connections == 7
-    assert ep.limits.max_connections == 50
+    assert ep.limits.max_connections == 100
     assert ep.retry.max_retries == 2
     assert ep.verify is False
     hash(ep)  # the shared pool's key

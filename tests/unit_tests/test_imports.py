@@ -103,6 +103,33 @@ def test_importing_the_chat_model_loads_only_what_it_needs() -> None:
     assert "langchain_fastpipe.chat_models" in loaded
     for heavy in ("pipeline", "streaming", "config", "preload", "emulator", "local", "bench"):
         assert f"langchain_fastpipe.{heavy}" not in loaded, sorted(loaded)
+    # The transport imports tenacity at the first retry, h2 when an HTTP/2-capable client
+    # is built, aiohttp when the aiohttp engine is built.
+    for lazy in ("_retrying", "_h2", "_aiohttp"):
+        assert f"langchain_fastpipe.transport.{lazy}" not in loaded, sorted(loaded)
+
+
+def _modules_after(statement: str) -> set[str]:
+    """Top-level module names in ``sys.modules`` after ``statement``, in a fresh interpreter."""
+    names = "{m.partition('.')[0] for m in sys.modules}"
+    code = f"import sys\n{statement}\nprint(' '.join(sorted({names})))\n"
+    out = subprocess.run(  # noqa: S603 - our interpreter, fixed code
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    return set(out.stdout.split())
+
+
+def test_importing_the_chat_model_loads_no_heavy_transport_dependency() -> None:
+    # tenacity drags in tornado where that is installed (~65 ms); h2 and aiohttp wait for a
+    # request. langchain-core itself imports aiohttp (through langsmith), so what counts is
+    # what the chat model adds to a bare BaseChatModel import.
+    base = _modules_after("from langchain_core.language_models import BaseChatModel")
+    ours = _modules_after("from langchain_fastpipe import ChatFastpipe")
+    for heavy in ("tenacity", "tornado", "aiohttp", "h2"):
+        assert heavy not in ours - base, sorted(ours - base)
+    assert "tenacity" not in ours
+    assert "tornado" not in ours
+    assert "h2" not in ours
 
 
 def test_lazy_names_resolve_and_unknown_names_raise() -> None:

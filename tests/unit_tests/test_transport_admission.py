@@ -13,8 +13,9 @@ import tenacity
 
 from langchain_fastpipe.errors import ConfigError, EndpointTimeoutError, TransportError
 from langchain_fastpipe.transport import EndpointConfig, PooledClient, PoolLimits, RetryPolicy
-from langchain_fastpipe.transport._pool import _AttemptError, _BackoffWait, _should_retry
+from langchain_fastpipe.transport._attempt import _AttemptError, _should_retry
 from langchain_fastpipe.transport._retry import counts_as_breaker_failure
+from langchain_fastpipe.transport._retrying import _BackoffWait
 
 BASE = "http://model.test:8080/v1"
 PAYLOAD = {"model": "m"}
@@ -134,7 +135,7 @@ def test_aiohttp_engine_gates_async_calls_by_connections() -> None:
         limits=PoolLimits(max_connections=7, max_concurrent_streams=30),
     )  # fmt: skip
     pool = PooledClient(cfg)
-    assert pool._async_gate_size == 7
+    assert pool._gates._async_size == 7
     assert cfg.admission_limit == 30  # sync calls still go through httpx (maybe h2)
 
 

@@ -40,7 +40,7 @@ def test_all_is_sorted_and_exported() -> None:
 def test_defaults_match_contract() -> None:
     cfg = EndpointConfig(base_url="http://127.0.0.1:8000/v1")
     assert cfg.limits == PoolLimits(
-        max_keepalive_connections=20, max_connections=50, keepalive_expiry=30.0
+        max_keepalive_connections=20, max_connections=100, keepalive_expiry=30.0
     )
     assert cfg.retry.max_retries == 2
     assert cfg.retry.retry_statuses == frozenset({408, 409, 429, 500, 502, 503, 504})
@@ -173,8 +173,8 @@ def test_auto_engine_admits_per_connection_on_aiohttp_and_per_stream_on_h2() -> 
     limits = PoolLimits(max_connections=7, max_concurrent_streams=33)
     plain = PooledClient(EndpointConfig(base_url="http://h", limits=limits))
     tls = PooledClient(EndpointConfig(base_url="https://h", limits=limits))
-    assert plain._async_gate_size == 7
-    assert tls._async_gate_size == 33
+    assert plain._gates._async_size == 7
+    assert tls._gates._async_size == 33
 
 
 def test_chat_model_transport_fields_are_the_knob_declarations() -> None:

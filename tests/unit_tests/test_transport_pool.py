@@ -739,8 +739,8 @@ async def test_retry_loop_starts_after_a_retryable_first_failure(
 
 def test_request_url_is_parsed_once_per_path() -> None:
     pool, _ = make_pool(sequence(ok())[0])
-    first = pool._url("/chat/completions")
-    assert first is pool._url("/chat/completions")
-    assert pool._url("chat/completions") == first
+    first = pool._steps.url("/chat/completions")
+    assert first is pool._steps.url("/chat/completions")
+    assert pool._steps.url("chat/completions") == first
     assert str(first) == "http://model.test:8080/v1/chat/completions"
-    assert str(pool._url("")) == "http://model.test:8080/v1"
+    assert str(pool._steps.url("")) == "http://model.test:8080/v1"
