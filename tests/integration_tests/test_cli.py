@@ -50,7 +50,8 @@ def test_stats_prints_this_processs_json_and_prometheus(emulator, capsys) -> Non
     from langchain_fastpipe import ChatFastpipe
 
     endpoint = f"{emulator.base_url}/v1"
-    ChatFastpipe(model="stats-cli", base_url=endpoint, api_key="k").invoke("hi")
+    model = ChatFastpipe(model="stats-cli", base_url=endpoint, api_key="k")
+    model.invoke("hi")  # the model holds its pool (and its statistics) while it lives
     assert cli.main(["stats"]) == 0
     snapshot = json.loads(capsys.readouterr().out)
     assert snapshot["pools"][endpoint]["requests"] >= 1
@@ -111,7 +112,8 @@ async def _call_asgi(path: str) -> tuple[int, dict[bytes, bytes], bytes]:
 async def test_stats_app_serves_json_and_prometheus(emulator) -> None:
     from langchain_fastpipe import ChatFastpipe
 
-    await ChatFastpipe(model="m", base_url=f"{emulator.base_url}/v1", api_key="k").ainvoke("hi")
+    model = ChatFastpipe(model="m", base_url=f"{emulator.base_url}/v1", api_key="k")
+    await model.ainvoke("hi")  # the model holds its pool (and its statistics) while it lives
     status, headers, body = await _call_asgi("/fastpipe/")
     assert status == 200
     assert headers[b"content-type"] == b"application/json"
