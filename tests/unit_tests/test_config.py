@@ -164,7 +164,7 @@ def test_boundaries_are_accepted() -> None:
         },
         pipeline={"min_success_rate": 0, "probe_rate": 1},
     )
-    assert cfg.performance_optimizations.connection_pool_size == 200
+    assert cfg.performance_optimizations.connection_pool_size == 1000
 
 
 @pytest.mark.parametrize(
