@@ -24,17 +24,18 @@ Like ``with_fallbacks``, a chat model's methods that return a runnable (``bind_t
 ``RankedFallbacks`` over the same names that shares the store, policy and counters, so it
 can be the model of ``langchain.agents.create_agent`` (which calls ``bind_tools`` on every
 step) and what one learns, the other knows.
+
+One attempt's machinery (output checks, first-chunk task, deadline) lives in
+:mod:`~langchain_fastpipe.pipeline._attempts`, the in-process counters in
+:mod:`~langchain_fastpipe.pipeline._counters` and the forwarding of chat-model methods in
+:mod:`~langchain_fastpipe.pipeline._forwarding`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import threading
 import time
-import types
-import typing
 import weakref
 from collections import deque
 from collections.abc import (
@@ -53,8 +54,6 @@ from langchain_core.callbacks.manager import (
     AsyncCallbackManagerForChainRun,
     CallbackManagerForChainRun,
 )
-from langchain_core.messages import BaseMessage, BaseMessageChunk
-from langchain_core.messages.utils import message_chunk_to_message
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableSerializable
 from langchain_core.runnables.config import (
     ensure_config,
@@ -63,7 +62,7 @@ from langchain_core.runnables.config import (
     patch_config,
 )
 from langchain_core.runnables.utils import Input, Output
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from typing_extensions import override
 
 from langchain_fastpipe import _metrics as m
@@ -76,6 +75,20 @@ from langchain_fastpipe.errors import (
     StrategyValidationError,
     StreamStallError,
 )
+from langchain_fastpipe.pipeline._attempts import (
+    _EMPTY,
+    Validator,
+    _add,
+    _as_text,
+    _Attempt,
+    _Deadline,
+    _DeadlinePassedError,
+    _finish,
+    check_output,
+    failure_reason,
+)
+from langchain_fastpipe.pipeline._counters import _INSTANCES, _registry_source, _StrategyCounters
+from langchain_fastpipe.pipeline._forwarding import apply_to_strategies
 from langchain_fastpipe.pipeline._policy import (
     FixedOrderPolicy,
     Ranking,
@@ -84,7 +97,7 @@ from langchain_fastpipe.pipeline._policy import (
     ThompsonPolicy,
 )
 from langchain_fastpipe.pipeline._store import MemoryStore, Outcome, StatsStore, StrategyStats
-from langchain_fastpipe.stats import Histogram, registry
+from langchain_fastpipe.stats import registry
 
 __all__ = [
     "RankedFallbacks",
@@ -93,9 +106,6 @@ __all__ = [
     "check_output",
     "failure_reason",
 ]
-
-#: A validator: a pydantic model the output must parse as, or a predicate on the output.
-Validator = type[BaseModel] | Callable[[Any], bool]
 
 
 class Strategy(BaseModel):
@@ -113,232 +123,6 @@ class Strategy(BaseModel):
     name: str
     runnable: Runnable[Any, Any]
     validator: Any = None
-
-
-def check_output(validator: Validator | None, output: Any) -> str | None:
-    """Why ``output`` is not acceptable to ``validator``, or None when it is (pure).
-
-    Args:
-        validator: A pydantic model class, a predicate, or None.
-        output: The strategy's whole output (messages are checked by their text).
-
-    Returns:
-        None when valid, otherwise a short reason.
-    """
-    if validator is None:
-        return None
-    if isinstance(validator, type) and issubclass(validator, BaseModel):
-        if isinstance(output, validator):
-            return None
-        try:
-            if isinstance(output, BaseMessage):
-                validator.model_validate_json(output.text)
-            elif isinstance(output, (str, bytes)):
-                validator.model_validate_json(output)
-            else:
-                validator.model_validate(output)
-        except ValidationError as exc:
-            return f"output does not match {validator.__name__} ({exc.error_count()} errors)"
-        return None
-    try:
-        accepted = cast("Callable[[Any], bool]", validator)(output)
-    except Exception as exc:
-        return f"validator raised {type(exc).__name__}: {exc}"
-    name = getattr(validator, "__name__", type(validator).__name__)
-    return None if accepted else f"validator {name} rejected the output"
-
-
-def failure_reason(exc: BaseException) -> str:
-    """The statistics label of a failed attempt's exception (pure)."""
-    if isinstance(exc, FirstChunkTimeoutError):
-        return "first_chunk_timeout"
-    if isinstance(exc, (StrategyTimeoutError, StreamStallError)):
-        return "timeout"
-    if isinstance(exc, StrategyValidationError):
-        return "invalid"
-    return "error"
-
-
-def _add(acc: Any, chunk: Any) -> Any:
-    """Aggregate stream chunks: ``acc + chunk`` when they add, else the latest chunk."""
-    if acc is None:
-        return chunk
-    try:
-        return acc + chunk
-    except TypeError:
-        return chunk
-
-
-def _finish(output: Any) -> Any:
-    """Turn an aggregated message chunk into the message ``invoke`` would return."""
-    if isinstance(output, BaseMessageChunk):
-        return message_chunk_to_message(output)
-    return output
-
-
-def _as_text(output: Any) -> str:
-    if output is None:
-        return ""
-    if isinstance(output, BaseMessage):
-        return output.text
-    return output if isinstance(output, str) else str(output)
-
-
-_EMPTY = object()
-
-
-class _StrategyCounters:
-    """In-process counters of one strategy (exposed via the stats registry)."""
-
-    def __init__(self) -> None:
-        self.attempts = 0
-        self.successes = 0
-        self.failures: dict[str, int] = {}
-        self.first = 0
-        self.skipped = 0
-        self.probes = 0
-        self.hedged = 0
-        self.cancelled = 0
-        self.latency = Histogram()
-        self.ttfc = Histogram()
-
-    def snapshot(self) -> Node:
-        """The ``strategy_*`` metric families of this strategy (labelled ``strategy``)."""
-        node = Node(key_label="strategy")
-        node.put(m.STRATEGY_ATTEMPTS, self.attempts)
-        node.put(m.STRATEGY_SUCCESSES, self.successes)
-        failures = node.child("failures")
-        for reason, count in self.failures.items():
-            failures.put(m.STRATEGY_FAILURES, count, reason=reason)
-        node.put(m.STRATEGY_FIRST, self.first)
-        node.put(m.STRATEGY_SKIPPED, self.skipped)
-        node.put(m.STRATEGY_PROBES, self.probes)
-        node.put(m.STRATEGY_HEDGES, self.hedged)
-        node.put(m.STRATEGY_CANCELLED, self.cancelled)
-        node.put(m.STRATEGY_LATENCY, self.latency)
-        node.put(m.STRATEGY_TTFC, self.ttfc)
-        return node
-
-
-class _DeadlinePassedError(Exception):
-    """Raised by :meth:`_Deadline.run` (never a TimeoutError a stream itself raised)."""
-
-
-class _Deadline:
-    """One timer for the rest of an attempt (asyncio.timeout-like, with the injected sleep).
-
-    Armed once after the first chunk; while the consumer awaits the next chunk it is the
-    awaiting task that the timer cancels, so chunks are read in the consumer's own task
-    with no task or timer per chunk. A timer firing between chunks only marks the
-    deadline as passed; the next read then fails at once.
-    """
-
-    def __init__(self, sleep: Callable[[float], Awaitable[Any]], seconds: float) -> None:
-        self.expired = False
-        self._waiter: asyncio.Task[Any] | None = None
-        self._fired = False
-        self._timer = asyncio.ensure_future(sleep(max(0.0, seconds)))
-        self._timer.add_done_callback(self._expire)
-
-    def _expire(self, timer: asyncio.Future[Any]) -> None:
-        if timer.cancelled():
-            return
-        timer.exception()  # retrieved: a failing sleep still ends the wait
-        self.expired = True
-        if self._waiter is not None and not self._waiter.done():
-            self._fired = True
-            self._waiter.cancel()
-
-    def _ours(self, task: asyncio.Task[Any] | None) -> bool:
-        """Whether a pending cancellation of ``task`` came from this timer (and undo it)."""
-        if not self._fired:
-            return False
-        self._fired = False
-        uncancel = getattr(task, "uncancel", None)  # Python 3.11+
-        return uncancel is None or uncancel() == 0
-
-    async def run(self, read: Callable[[], Awaitable[Any]]) -> Any:
-        """Await ``read()``; raise _DeadlinePassedError when the deadline passes first."""
-        if self.expired:
-            raise _DeadlinePassedError
-        task = asyncio.current_task()
-        self._waiter = task
-        try:
-            result = await read()
-        except asyncio.CancelledError:
-            if self._ours(task):
-                raise _DeadlinePassedError from None
-            raise
-        finally:
-            self._waiter = None
-        if self._ours(task):  # the read swallowed our cancellation
-            raise _DeadlinePassedError
-        return result
-
-    def cancel(self) -> None:
-        """Stop the timer (the attempt ended)."""
-        self._timer.cancel()
-
-
-class _Attempt:
-    """One running async attempt: its stream, timing and first-chunk task."""
-
-    def __init__(
-        self, strategy: Strategy, stream: AsyncIterator[Any], started: float, fc_deadline: float
-    ) -> None:
-        self.strategy = strategy
-        self.stream = stream
-        self.started = started
-        self.first_deadline = fc_deadline
-        self.hedge = False
-        self.deadline: _Deadline | None = None
-        self.first_task: asyncio.Task[Any] = asyncio.ensure_future(self.next_chunk())
-
-    async def next_chunk(self) -> Any:
-        """The stream's next chunk, or ``_EMPTY`` at its end."""
-        try:
-            return await self.stream.__anext__()
-        except StopAsyncIteration:
-            return _EMPTY
-
-    async def close(self) -> None:
-        """Cancel the pending first chunk and close the stream (frees its connection)."""
-        if self.deadline is not None:
-            self.deadline.cancel()
-        if not self.first_task.done():
-            self.first_task.cancel()
-            await asyncio.wait([self.first_task])
-        if not self.first_task.cancelled():
-            self.first_task.exception()  # retrieved: no "never retrieved" warning
-        aclose = getattr(self.stream, "aclose", None)
-        if aclose is not None:
-            with contextlib.suppress(Exception):
-                await aclose()
-
-
-_INSTANCES: dict[int, weakref.ref[RankedFallbacks[Any, Any]]] = {}
-
-
-def _registry_source() -> dict[str, Any]:
-    """Statistics of every live RankedFallbacks, by name (``#n`` added to repeats).
-
-    Instances derived by a forwarded method (``bind_tools`` ...) share their origin's
-    counters and are listed once.
-    """
-    out: dict[str, Any] = {}
-    seen: set[int] = set()
-    for ref in list(_INSTANCES.values()):
-        instance = ref()
-        if instance is None or id(instance._counters) in seen:
-            continue
-        seen.add(id(instance._counters))
-        key = instance.get_name()
-        n = 2
-        while key in out:
-            key = f"{instance.get_name()}#{n}"
-            n += 1
-        out[key] = instance.stats()
-    return out
 
 
 class RankedFallbacks(RunnableSerializable[Input, Output]):
@@ -471,29 +255,7 @@ class RankedFallbacks(RunnableSerializable[Input, Output]):
         """
         if name.startswith("_") or hasattr(type(self), name):
             return super().__getattr__(name)  # type: ignore[misc]  # pydantic: private attrs
-        strategies: list[Strategy] = self.__dict__.get("strategies") or []
-        methods = [getattr(s.runnable, name, None) for s in strategies]
-        cls = type(self).__name__
-        if all(m is None for m in methods):
-            msg = f"{cls!r} object has no attribute {name!r}, nor do its strategies"
-            raise AttributeError(msg)
-        lacking = [
-            s.name for s, m in zip(strategies, methods, strict=True) if not _returns_runnable(m)
-        ]
-        if lacking:
-            msg = (
-                f"{cls!r} object has no attribute {name!r}: only methods that return a "
-                "Runnable on every strategy (such as bind_tools or with_structured_output) "
-                f"are applied to each of them, and {name!r} is not one on strategies {lacking}; "
-                "read the candidates' own attributes from .runnables"
-            )
-            raise AttributeError(msg)
-
-        @functools.wraps(cast("Callable[..., Any]", methods[0]))
-        def apply_to_every_strategy(*args: Any, **kwargs: Any) -> RankedFallbacks[Any, Any]:
-            return self._derive(name, [m(*args, **kwargs) for m in methods if m is not None])
-
-        return apply_to_every_strategy
+        return apply_to_strategies(self, name)
 
     def _derive(self, method: str, runnables: Sequence[Any]) -> RankedFallbacks[Any, Any]:
         """A copy over ``runnables`` (one per strategy) sharing what this one learned."""
@@ -1012,28 +774,3 @@ def _unique_names(runnables: Sequence[Runnable[Any, Any]]) -> list[str]:
             n += 1
         names.append(name)
     return names
-
-
-def _returns_runnable(attr: Any) -> bool:
-    """Whether ``attr`` is a callable annotated to return a Runnable (pure).
-
-    The rule of langchain-core's ``RunnableWithFallbacks.__getattr__``; annotations that
-    do not resolve count as "no".
-    """
-    if not callable(attr):
-        return False
-    try:
-        hint = typing.get_type_hints(attr).get("return")
-    except Exception:
-        return False
-    return hint is not None and _is_runnable_type(hint)
-
-
-def _is_runnable_type(hint: Any) -> bool:
-    """Whether a type hint is a Runnable class, a parametrized one, or a union of them."""
-    if isinstance(hint, type):
-        return issubclass(hint, Runnable)
-    origin = typing.get_origin(hint)
-    if origin is typing.Union or origin is types.UnionType:
-        return all(_is_runnable_type(arg) for arg in typing.get_args(hint))
-    return isinstance(origin, type) and issubclass(origin, Runnable)
