@@ -3,7 +3,8 @@
 The model holds configuration only. Requests go through the shared pooled client of its
 endpoint (:func:`langchain_fastpipe.transport.get_pool`); payloads and parsing live in
 the pure :mod:`langchain_fastpipe.providers`; sync and async streams share one parser
-core (:class:`_ChunkParser`).
+core (:class:`langchain_fastpipe._chat._chunks.ChunkParser`). Structured output and the
+``from_config`` mapping live in the private :mod:`langchain_fastpipe._chat`.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ import contextlib
 import inspect
 import logging
 import threading
-import time
-import warnings
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -23,11 +22,9 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.exceptions import OutputParserException
 from langchain_core.language_models import LangSmithParams, LanguageModelInput
 from langchain_core.language_models.chat_models import (
     BaseChatModel,
@@ -36,16 +33,8 @@ from langchain_core.language_models.chat_models import (
 )
 from langchain_core.load.serializable import SerializedConstructor, SerializedNotImplemented
 from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
-from langchain_core.output_parsers.openai_tools import (
-    JsonOutputKeyToolsParser,
-    PydanticToolsParser,
-)
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable, RunnableLambda, RunnableMap, RunnablePassthrough
-from langchain_core.utils.function_calling import convert_to_openai_function
-from langchain_core.utils.json import parse_json_markdown
-from langchain_core.utils.pydantic import is_basemodel_subclass
+from langchain_core.runnables import Runnable
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -55,34 +44,23 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
-from pydantic.v1 import BaseModel as BaseModelV1
 from pydantic_core import PydanticCustomError
 
-from langchain_fastpipe._validation import (
-    field_error,
-    has_credentials,
-    quote_url,
-    redact_url,
-    suggest,
-)
+from langchain_fastpipe._chat._chunks import ChunkParser as _ChunkParser
+from langchain_fastpipe._chat._from_config import check_fields, config_kwargs, reject_removed_fields
+from langchain_fastpipe._chat._structured import json_schema_response_format, structured_output
+from langchain_fastpipe._validation import field_error, has_credentials, quote_url, redact_url
 from langchain_fastpipe.errors import ConfigError
 from langchain_fastpipe.providers import PROVIDERS, Provider, get_provider
 from langchain_fastpipe.providers._base import (
     ChatRequest,
-    StreamParser,
     WarmupRequest,
     env_api_key,
     env_base_url,
 )
 from langchain_fastpipe.providers._convert import convert_tools, tool_choice_to_openai
 from langchain_fastpipe.transport import EndpointConfig, PooledClient, ResponseInfo, get_pool
-from langchain_fastpipe.transport._config import (
-    Engine,
-    build_endpoint_config,
-    knob,
-    knob_paths,
-    wire_knobs,
-)
+from langchain_fastpipe.transport._config import Engine, build_endpoint_config, knob, knob_paths
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -144,93 +122,6 @@ def _hand_to_preloader(model: ChatFastpipe) -> None:
             return
         _preloaded.add(key)
     hook(model)
-
-
-#: Fields of earlier versions, and what replaced them (they would be silently ignored).
-_REMOVED_FIELDS: Mapping[str, str] = {
-    "breaker_failure_threshold": (
-        "breaker_min_calls and breaker_failure_rate (breakers now judge the failure rate of "
-        "calls over breaker_window, per model)"
-    ),
-    "breaker_recovery_time": "breaker_cooldown (growing up to breaker_max_cooldown)",
-}
-
-
-def _reject_removed_fields(data: Mapping[str, Any]) -> None:
-    """Raise ConfigError for a field that no longer exists, naming its replacement."""
-    for name, replacement in _REMOVED_FIELDS.items():
-        if name in data:
-            msg = f"ChatFastpipe.{name} was removed (got {data[name]!r}): use {replacement}"
-            raise ConfigError(msg)
-
-
-def _is_pydantic_class(obj: Any) -> bool:
-    return isinstance(obj, type) and is_basemodel_subclass(obj)
-
-
-def json_schema_response_format(schema: Any, *, strict: bool | None = None) -> dict[str, Any]:
-    """An OpenAI ``response_format`` of type ``json_schema`` for a pydantic class or schema.
-
-    Args:
-        schema: A pydantic class, TypedDict, JSON schema or OpenAI function dict; a
-            ready ``{"type": "json_schema", ...}`` dict is returned unchanged.
-        strict: Ask the server for strict schema adherence.
-
-    Returns:
-        ``{"type": "json_schema", "json_schema": {"name", "schema", ...}}``.
-    """
-    if isinstance(schema, Mapping) and schema.get("type") == "json_schema":
-        return dict(schema)
-    if isinstance(schema, Mapping) and "name" in schema and "schema" in schema:
-        return {"type": "json_schema", "json_schema": dict(schema)}
-    function = convert_to_openai_function(schema, strict=bool(strict) if strict else None)
-    spec: dict[str, Any] = {"name": function["name"], "schema": function.get("parameters", {})}
-    if function.get("description"):
-        spec["description"] = function["description"]
-    if strict is not None:
-        spec["strict"] = strict
-    return {"type": "json_schema", "json_schema": spec}
-
-
-class _ChunkParser:
-    """The one pure core of sync and async streams: bytes in, finished chunks out.
-
-    Wraps the provider's stream parser and adds, on the first chunk, the HTTP version
-    and ``time_to_first_chunk_ms`` (measured with the injected ``clock`` from creation,
-    which is just before the request is sent).
-    """
-
-    def __init__(
-        self,
-        parser: StreamParser,
-        *,
-        info: ResponseInfo,
-        clock: Callable[[], float] = time.perf_counter,
-    ) -> None:
-        self._parser = parser
-        self._info = info
-        self._clock = clock
-        self._started = clock()
-        self.chunks = 0
-        self.time_to_first_chunk: float | None = None
-
-    def feed(self, data: bytes) -> list[ChatGenerationChunk]:
-        """Decode bytes into chunks (annotating the first one)."""
-        return self._annotate(self._parser.feed(data))
-
-    def finish(self) -> list[ChatGenerationChunk]:
-        """End of body; raises ProtocolViolationError when the reply was truncated."""
-        return self._annotate(self._parser.finish())
-
-    def _annotate(self, chunks: list[ChatGenerationChunk]) -> list[ChatGenerationChunk]:
-        if chunks and self.chunks == 0:
-            self.time_to_first_chunk = self._clock() - self._started
-            meta = chunks[0].message.response_metadata
-            meta["time_to_first_chunk_ms"] = round(self.time_to_first_chunk * 1000.0, 3)
-            if self._info.http_version:
-                meta["http_version"] = self._info.http_version
-        self.chunks += len(chunks)
-        return chunks
 
 
 class ChatFastpipe(BaseChatModel):
@@ -368,7 +259,7 @@ class ChatFastpipe(BaseChatModel):
                 (the message names the field).
         """
         key_given = "api_key" in data or "openai_api_key" in data
-        _reject_removed_fields(data)
+        reject_removed_fields(data)
         error: ConfigError | None = None
         try:
             super().__init__(**data)
@@ -451,8 +342,8 @@ class ChatFastpipe(BaseChatModel):
             ConfigError: An override is not a field of ChatFastpipe (the message names
                 it and the nearest field), or a value is not valid.
         """
-        kwargs = {**_config_kwargs(config), **overrides}
-        _check_fields(kwargs, set(overrides))
+        kwargs = {**config_kwargs(config, _KNOBS), **overrides}
+        check_fields(ChatFastpipe.model_fields, kwargs, set(overrides))
         return cls(**kwargs)
 
     # ------------------------------------------------------------------ request building
@@ -894,83 +785,9 @@ class ChatFastpipe(BaseChatModel):
         Raises:
             ValueError: An unknown method, a missing schema, or ``strict`` with json_mode.
         """
-        if method not in ("json_schema", "function_calling", "json_mode"):
-            msg = f"method must be 'json_schema', 'function_calling' or 'json_mode', got {method!r}"
-            raise ConfigError(msg)
-        if strict is not None and method == "json_mode":
-            msg = "strict is not supported with method='json_mode'"
-            raise ConfigError(msg)
-        if schema is None and method != "json_mode":
-            msg = f"schema is required with method={method!r}"
-            raise ConfigError(msg)
-        is_pydantic = _is_pydantic_class(schema)
-        if method == "json_schema" and is_pydantic and issubclass(cast(type, schema), BaseModelV1):
-            warnings.warn(
-                "pydantic.v1 models are not supported by method='json_schema'; "
-                "using method='function_calling'",
-                stacklevel=2,
-            )
-            method = "function_calling"
-        output_parser: Runnable[Any, Any]
-        if method == "function_calling":
-            tool_name = convert_tools([schema])[0]["function"]["name"]
-            llm = self.bind_tools(
-                [schema],
-                tool_choice=tool_name,
-                strict=strict,
-                parallel_tool_calls=False,
-                ls_structured_output_format={
-                    "kwargs": {"method": method, "strict": strict},
-                    "schema": schema,
-                },
-                **kwargs,
-            )
-            output_parser = (
-                PydanticToolsParser(tools=[cast(type, schema)], first_tool_only=True)
-                if is_pydantic
-                else JsonOutputKeyToolsParser(key_name=tool_name, first_tool_only=True)
-            )
-        elif method == "json_mode":
-            llm = self.bind(
-                response_format={"type": "json_object"},
-                ls_structured_output_format={"kwargs": {"method": method}, "schema": schema},
-                **kwargs,
-            )
-            output_parser = (
-                PydanticOutputParser(pydantic_object=cast(type[BaseModel], schema))
-                if is_pydantic
-                else JsonOutputParser()
-            )
-        else:
-            llm = self.bind(
-                response_format=json_schema_response_format(schema, strict=strict),
-                ls_structured_output_format={
-                    "kwargs": {"method": method, "strict": strict},
-                    "schema": convert_tools([schema])[0],
-                },
-                **kwargs,
-            )
-            if is_pydantic:
-                pydantic_schema = cast(type[BaseModel], schema)
-
-                def parse(message: AIMessage) -> BaseModel | None:
-                    return _parse_structured(message, pydantic_schema)
-
-                output_parser = RunnableLambda(parse).with_types(output_type=pydantic_schema)
-            else:
-                output_parser = JsonOutputParser()
-        if include_raw:
-            parser_assign = RunnablePassthrough.assign(
-                parsed=itemgetter("raw") | output_parser, parsing_error=lambda _: None
-            )
-            parser_none = RunnablePassthrough.assign(parsed=lambda _: None)
-            parser_with_fallback = parser_assign.with_fallbacks(
-                [parser_none], exception_key="parsing_error"
-            )
-            return cast(
-                Runnable[LanguageModelInput, Any], RunnableMap(raw=llm) | parser_with_fallback
-            )
-        return cast(Runnable[LanguageModelInput, Any], llm | output_parser)
+        return structured_output(
+            self, schema, method=method, include_raw=include_raw, strict=strict, kwargs=kwargs
+        )
 
 
 #: ChatFastpipe's transport fields -> their knob paths in EndpointConfig (from ``knob``).
@@ -979,53 +796,7 @@ _KNOBS: dict[str, str] = knob_paths(ChatFastpipe)
 _KNOB_NAMES: dict[str, str] = {path: name for name, path in _KNOBS.items()}
 
 
-def _config_kwargs(config: FastpipeConfig) -> dict[str, Any]:
-    """ChatFastpipe's fields from a configuration (see :meth:`ChatFastpipe.from_config`)."""
-    po, backend = config.performance_optimizations, config.backend
-    wire = wire_knobs(config)
-    kwargs: dict[str, Any] = {name: wire[path] for name, path in _KNOBS.items() if path in wire}
-    kwargs.update(
-        provider=backend.provider,
-        streaming=po.enable_response_streaming,
-        preload=po.enable_model_preloading,
-    )
-    if not po.enable_response_streaming:
-        kwargs["disable_streaming"] = True
-    optional = {"model": backend.model, "base_url": backend.base_url, "api_key": backend.api_key}
-    kwargs.update({k: v for k, v in optional.items() if v is not None})
-    return kwargs
-
-
-def _check_fields(kwargs: Mapping[str, Any], overrides: set[str]) -> None:
-    """Raise ConfigError naming every key of ``kwargs`` that is not a ChatFastpipe field."""
-    fields = ChatFastpipe.model_fields
-    accepted = set(fields) | {f.alias for f in fields.values() if f.alias}
-    unknown = sorted(k for k in kwargs if k not in accepted)
-    if not unknown:
-        return
-    problems = []
-    for key in unknown:
-        origin = "override" if key in overrides else "configuration setting"
-        hint = suggest(key, sorted(accepted))
-        problems.append(f"{key!r} ({origin})" + (f", did you mean {hint!r}?" if hint else ""))
-    msg = f"ChatFastpipe has no field for: {'; '.join(problems)}"
-    raise ConfigError(msg)
-
-
 # LangChain inspects ``self._agenerate``'s / ``self._generate``'s signature on every call (to
 # see whether they take ``run_manager``); a precomputed ``__signature__`` makes that a lookup.
 for _method in (ChatFastpipe._generate, ChatFastpipe._agenerate):
     _method.__signature__ = inspect.signature(_method)  # type: ignore[union-attr]
-
-
-def _parse_structured(message: AIMessage, schema: type[BaseModel]) -> BaseModel | None:
-    """Parse a json_schema reply's content into ``schema`` (None for a tool-call reply)."""
-    text = message.text
-    if not text.strip() and message.tool_calls:
-        return None
-    try:
-        data = parse_json_markdown(text)
-    except ValueError as exc:
-        msg = f"structured output is not valid JSON: {text[:200]!r}"
-        raise OutputParserException(msg, llm_output=text) from exc
-    return schema.model_validate(data)

@@ -50,18 +50,11 @@ imports none of them.
 
 from __future__ import annotations
 
-import contextvars
-import difflib
-import json
-import math
 import os
 import threading
-import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypedDict, Union
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -73,30 +66,20 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic.fields import FieldInfo
-from pydantic_core import ErrorDetails, PydanticCustomError
-from pydantic_settings import (
-    BaseSettings,
-    EnvSettingsSource,
-    JsonConfigSettingsSource,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-)
+from pydantic_core import PydanticCustomError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from langchain_fastpipe._validation import (
-    TYPE_WORDS,
-    check_base_url,
-    has_credentials,
-    is_secret_name,
-    range_text,
-    show_value,
-    suggest,
-)
+from langchain_fastpipe._config_env import ENV_ALIASES as ENV_ALIASES
+from langchain_fastpipe._config_env import ENV_PREFIX as ENV_PREFIX
+from langchain_fastpipe._config_env import NON_CONFIG_ENV_VARS as NON_CONFIG_ENV_VARS
+from langchain_fastpipe._config_errors import Label, config_error
+from langchain_fastpipe._config_sources import LOADING, EnvSource, FileSource, Load
+from langchain_fastpipe._config_sources import read_config_file as read_config_file
+from langchain_fastpipe._validation import check_base_url, has_credentials
 from langchain_fastpipe.errors import ConfigError
 
 if TYPE_CHECKING:
     from typing_extensions import Self
-
 
     _Base = BaseModel
 else:
@@ -112,41 +95,7 @@ __all__ = [
     "set_config",
 ]
 
-#: Prefix of every environment variable the configuration reads.
-ENV_PREFIX = "FASTPIPE_"
-
-#: ``FASTPIPE_*`` variables that are not configuration keys and are never rejected.
-NON_CONFIG_ENV_VARS: frozenset[str] = frozenset(
-    {
-        "FASTPIPE_CONFIG",
-        "FASTPIPE_PRELOAD",
-        "FASTPIPE_API_KEY",
-        "FASTPIPE_BASE_URL",
-        "FASTPIPE_LOCAL_MODEL",
-        "FASTPIPE_LLAMA_SERVER",
-    }
-)
-
-#: Short environment aliases of the seven documented keys: variable -> (section, key).
-ENV_ALIASES: Mapping[str, tuple[str, str]] = types.MappingProxyType(
-    {
-        f"{ENV_PREFIX}{key.upper()}": ("performance_optimizations", key)
-        for key in (
-            "enable_model_preloading",
-            "enable_optimized_pipeline",
-            "enable_connection_pooling",
-            "enable_response_streaming",
-            "preload_timeout_seconds",
-            "connection_pool_size",
-            "api_timeout_seconds",
-        )
-    }
-)
-
 _MASK = "**********"
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
-_NONE = frozenset({"", "none", "null"})
 
 
 class PipelineOptions(TypedDict):
@@ -204,7 +153,7 @@ class _ConfigErrorsMixin(_Base):
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            load = _LOADING.get()
+            load = LOADING.get()
             labels = load.label if load is not None and isinstance(self, FastpipeConfig) else None
             error = _config_error(exc, type(self), labels)
         if error is not None:
@@ -367,7 +316,7 @@ class FastpipeConfig(_ConfigErrorsMixin, BaseSettings):
         env_prefix=ENV_PREFIX,
         env_nested_delimiter="__",
         case_sensitive=False,
-        enable_decoding=False,  # env values are parsed by the field's type (_EnvSource)
+        enable_decoding=False,  # env values are parsed by the field's type (EnvSource)
         extra="forbid",
         frozen=True,
         strict=True,
@@ -394,10 +343,11 @@ class FastpipeConfig(_ConfigErrorsMixin, BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """The layers, highest first: code, then (in :meth:`load`) environment and file."""
-        load = _LOADING.get()
+        load = LOADING.get()
         if load is None:
             return (init_settings,)
-        return (init_settings, _EnvSource(settings_cls, load), _FileSource(settings_cls, load))
+        sources = (EnvSource(settings_cls, load, _SECTIONS), FileSource(settings_cls, load))
+        return (init_settings, *sources)
 
     # ----------------------------------------------------------------- loading
     @classmethod
@@ -429,11 +379,11 @@ class FastpipeConfig(_ConfigErrorsMixin, BaseSettings):
         if path is None and env.get("FASTPIPE_CONFIG"):
             path = env["FASTPIPE_CONFIG"]
         code = normalize_overrides({**(overrides or {}), **kwargs})
-        token = _LOADING.set(_Load(env=env, path=path, code=code))
+        token = LOADING.set(Load(env=env, path=path, code=code))
         try:
             return cls(**code)
         finally:
-            _LOADING.reset(token)
+            LOADING.reset(token)
 
     def with_overrides(
         self, overrides: Mapping[str, Any] | None = None, **kwargs: Any
@@ -446,7 +396,7 @@ class FastpipeConfig(_ConfigErrorsMixin, BaseSettings):
             validated = type(self).__pydantic_validator__.validate_python(data)
             return typing.cast("FastpipeConfig", validated)
         except ValidationError as exc:
-            error = _config_error(exc, type(self), _Load(env={}, path=None, code=code).label)
+            error = _config_error(exc, type(self), Load(env={}, path=None, code=code).label)
         raise error  # outside the handler: no chained ValidationError quoting raw input
 
     def to_json(self, *, indent: int | None = 2) -> str:
@@ -535,153 +485,6 @@ _SECTIONS: dict[str, type[_Section]] = {
 _LEAVES: dict[str, str] = {k: s for s, m in _SECTIONS.items() for k in m.model_fields}
 
 
-# ------------------------------------------------------------------ the layers of load()
-@dataclass
-class _Load:
-    """The inputs of one :meth:`FastpipeConfig.load`, and what each layer supplied."""
-
-    env: Mapping[str, str]
-    path: str | os.PathLike[str] | None
-    code: Mapping[str, Any]
-    file_data: Mapping[str, Any] = field(default_factory=dict)
-    env_vars: dict[tuple[str, str], str] = field(default_factory=dict)
-
-    def label(self, keys: tuple[str, ...]) -> str:
-        """The layer whose value at ``keys`` won: ``code``, ``env VAR`` or ``file PATH``."""
-        if _holds(self.code, keys):
-            return "code"
-        if len(keys) >= 2 and (var := self.env_vars.get((keys[0], keys[1]))):
-            return f"env {var}"
-        if self.path is not None and _holds(self.file_data, keys):
-            return f"file {os.fspath(self.path)}"
-        return ""
-
-
-#: The load in progress (its sources run inside ``FastpipeConfig.__init__``).
-_LOADING: contextvars.ContextVar[_Load | None] = contextvars.ContextVar(
-    "fastpipe_config_load", default=None
-)
-
-
-def _holds(data: Mapping[str, Any], keys: tuple[str, ...]) -> bool:
-    """Whether nested ``data`` has a value at ``keys``."""
-    node: Any = data
-    for key in keys:
-        if not isinstance(node, Mapping) or key not in node:
-            return False
-        node = node[key]
-    return True
-
-
-class _FileSource(JsonConfigSettingsSource):
-    """The JSON file layer: the ``path`` of :meth:`FastpipeConfig.load` or ``FASTPIPE_CONFIG``.
-
-    A missing, unreadable or malformed file is an error (naming the file, and the line and
-    column of a JSON error), not an empty layer.
-    """
-
-    def __init__(self, settings_cls: type[BaseSettings], load: _Load) -> None:
-        """Read the file of ``load`` (if any) and record its data for error labels."""
-        self._load = load
-        super().__init__(
-            settings_cls, json_file=None if load.path is None else os.fspath(load.path)
-        )
-
-    def _read_files(self, files: Any, deep_merge: bool = False) -> dict[str, Any]:
-        if files is None:
-            return {}
-        data = read_config_file(files)
-        self._load.file_data = data
-        return data
-
-
-class _EnvSource(EnvSettingsSource):
-    """The environment layer: ``FASTPIPE_<SECTION>__<KEY>`` and the short aliases.
-
-    Variables are read from the ``env`` of :meth:`FastpipeConfig.load`. The env prefix and
-    the nested delimiter come from the model's settings; a short alias
-    (``FASTPIPE_CONNECTION_POOL_SIZE``) reads as its long name. A variable that nearly
-    names a key is refused with the nearest name, and each value is parsed as its field's
-    type (true/false, 1/0, yes/no, on/off; JSON arrays or comma-separated lists; ``none``
-    for an optional value) with a message naming the variable.
-    """
-
-    def __init__(self, settings_cls: type[BaseSettings], load: _Load) -> None:
-        """Read the variables of ``load``."""
-        self._load = load
-        super().__init__(settings_cls)
-
-    def _load_env_vars(self) -> Mapping[str, str | None]:
-        """The config variables by their long lower-case names (aliases resolved)."""
-        found: dict[str, str] = {}
-        parsed: dict[tuple[str, str], Any] = {}
-        for var in sorted(self._load.env):
-            upper = var.upper()
-            if not upper.startswith(ENV_PREFIX) or upper in NON_CONFIG_ENV_VARS:
-                continue
-            target = _env_target(upper)
-            if target is None:
-                continue
-            section, key = target
-            raw = self._load.env[var]
-            value = _parse_env_value(raw, _annotation(section, key), var, f"{section}.{key}")
-            previous = self._load.env_vars.get(target)
-            if previous is not None and parsed[target] != value:
-                msg = (
-                    f"{section}.{key} is set twice with different values, by {previous} and "
-                    f"{var}; remove one of them"
-                )
-                raise ConfigError(msg)
-            parsed[target] = value
-            self._load.env_vars[target] = var
-            found[f"{self.env_prefix}{section}{self.env_nested_delimiter}{key}".lower()] = raw
-        return found
-
-    def _coerce_env_val_strict(self, field: FieldInfo | None, value: Any) -> Any:
-        return value  # parsed in __call__, with messages naming the variable
-
-    def __call__(self) -> dict[str, Any]:
-        """The nested data of the variables, each value parsed as its field's type."""
-        data = super().__call__()
-        for section, values in data.items():
-            if not isinstance(values, dict):
-                continue
-            for key, raw in values.items():
-                var = self._load.env_vars[(section, key)]
-                values[key] = _parse_env_value(
-                    raw, _annotation(section, key), var, f"{section}.{key}"
-                )
-        return {section: values for section, values in data.items() if values}
-
-
-def _annotation(section: str, key: str) -> Any:
-    """The type of ``section.key``."""
-    return _SECTIONS[section].model_fields[key].annotation
-
-
-def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a JSON config file into a dict.
-
-    Raises:
-        ConfigError: The file is missing, unreadable, not JSON or not a JSON object.
-    """
-    file = Path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {file}: {exc.strerror or exc}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(
-            f"config file {file} is not valid JSON: {exc.msg} at line {exc.lineno} "
-            f"column {exc.colno}"
-        ) from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {file} must hold a JSON object, got {type(data).__name__}")
-    return data
-
-
 def normalize_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
     """Turn code overrides into nested config data.
 
@@ -729,193 +532,16 @@ def _deep_merge(base: dict[str, Any], layer: Mapping[str, Any]) -> None:
             base[key] = dict(value) if isinstance(value, Mapping) else value
 
 
-def _env_target(var: str) -> tuple[str, str] | None:
-    """The ``(section, key)`` a ``FASTPIPE_*`` variable sets; None if not a config variable.
-
-    Raises:
-        ConfigError: The variable looks like a config key but is not one.
-    """
-    if var in ENV_ALIASES:
-        return ENV_ALIASES[var]
-    name = var[len(ENV_PREFIX) :].lower()
-    if "__" in name:
-        section, _, key = name.partition("__")
-        if section not in _SECTIONS:
-            hint = suggest(section, list(_SECTIONS))
-            raise ConfigError(
-                f"unknown environment variable {var}: no config section {section!r}"
-                + (f"; did you mean {ENV_PREFIX}{hint.upper()}__{key.upper()}?" if hint else "")
-                + f" (sections: {', '.join(_SECTIONS)})"
-            )
-        fields = list(_SECTIONS[section].model_fields)
-        if key not in fields:
-            hint = suggest(key, fields)
-            raise ConfigError(
-                f"unknown environment variable {var}: {section} has no key {key!r}"
-                + (f"; did you mean {_env_name(section, hint)}?" if hint else "")
-                + f" (keys: {', '.join(fields)})"
-            )
-        return section, key
-    # No "__": a config variable only if it names (or nearly names) a key.
-    candidates: dict[str, str] = {alias[len(ENV_PREFIX) :].lower(): alias for alias in ENV_ALIASES}
-    for section, model in _SECTIONS.items():
-        candidates.setdefault(section, f"{ENV_PREFIX}{section.upper()}__<KEY>")
-        for key in model.model_fields:
-            candidates.setdefault(key, _env_name(section, key))
-    match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.8)
-    if not match:
-        return None
-    raise ConfigError(f"unknown environment variable {var}: did you mean {candidates[match[0]]}?")
-
-
-def _env_name(section: str, key: str) -> str:
-    """The long environment variable of ``section.key``."""
-    alias = f"{ENV_PREFIX}{key.upper()}"
-    if ENV_ALIASES.get(alias) == (section, key):
-        return alias
-    return f"{ENV_PREFIX}{section.upper()}__{key.upper()}"
-
-
-def _parse_env_value(raw: str, annotation: Any, var: str, path: str) -> Any:
-    """Parse one environment value as the field's type, naming the variable on failure."""
-    text = raw.strip()
-    args = typing.get_args(annotation)
-    origin = typing.get_origin(annotation)
-    if origin in (Union, types.UnionType) and type(None) in args:
-        if text.lower() in _NONE:
-            return None
-        annotation = next(a for a in args if a is not type(None))
-        origin = typing.get_origin(annotation)
-    shown = "<redacted>" if is_secret_name(path) else repr(raw)
-    if annotation is bool:
-        low = text.lower()
-        if low in _TRUE or low in _FALSE:
-            return low in _TRUE
-        raise ConfigError(
-            f"{var} = {shown} is not a boolean ({path}): use true/false, 1/0, yes/no or on/off"
-        )
-    if annotation is int:
-        try:
-            return int(text)
-        except ValueError:
-            raise ConfigError(f"{var} = {shown} is not an integer ({path})") from None
-    if annotation is float:
-        try:
-            number = float(text)
-        except ValueError:
-            raise ConfigError(f"{var} = {shown} is not a number ({path})") from None
-        if not math.isfinite(number):
-            raise ConfigError(f"{var} = {shown} is not a finite number ({path})")
-        return number
-    if origin is list:
-        if text.startswith("["):
-            try:
-                items = json.loads(text)
-            except json.JSONDecodeError:
-                raise ConfigError(f"{var} = {shown} is not a JSON array ({path})") from None
-            return items
-        return [item.strip() for item in text.split(",") if item.strip()]
-    return raw
-
-
-# ---------------------------------------------------------------- error messages
 def _config_error(
-    exc: ValidationError,
-    root: type[BaseModel],
-    label: typing.Callable[[tuple[str, ...]], str] | None = None,
+    exc: ValidationError, root: type[BaseModel], label: Label | None = None
 ) -> ConfigError:
-    """One ConfigError describing every problem of a pydantic ValidationError.
+    """One ConfigError describing every problem of ``exc`` (see :func:`config_error`).
 
-    Args:
-        exc: The validation error.
-        root: The model validated.
-        label: The layer that supplied the value at a key path (:meth:`_Load.label`);
-            None names no layer.
+    A key of a section written at the top level of the whole configuration is suggested
+    as ``section.key``.
     """
-    problems = [_describe(err, root, label) for err in exc.errors(include_url=False)]
-    if len(problems) == 1:
-        return ConfigError(problems[0])
-    listed = "\n".join(f"  - {p}" for p in problems)
-    return ConfigError(f"{len(problems)} configuration errors:\n{listed}")
-
-
-def _resolve(root: type[BaseModel], loc: tuple[int | str, ...]) -> tuple[str, Any, Any]:
-    """Walk ``loc`` through the model tree: (dotted path, FieldInfo or None, parent model)."""
-    model: Any = root
-    field = None
-    path = ""
-    for part in loc:
-        if isinstance(part, str) and isinstance(model, type) and issubclass(model, BaseModel):
-            field = model.model_fields.get(part)
-            path = f"{path}.{part}" if path else part
-            annotation = field.annotation if field is not None else None
-            model = annotation if isinstance(annotation, type) else None
-        elif isinstance(part, int):
-            path = f"{path}[{part}]"
-    return path, field, model
-
-
-def _source_of(
-    loc: tuple[int | str, ...], label: typing.Callable[[tuple[str, ...]], str] | None
-) -> str:
-    """`` (from <layer>)`` for the value at ``loc`` (its longest labelled prefix), or ""."""
-    if label is None:
-        return ""
-    keys = tuple(str(p) for p in loc if isinstance(p, str))
-    for end in range(len(keys), 0, -1):
-        found = label(keys[:end])
-        if found:
-            return f" (from {found})"
-    return ""
-
-
-def _describe(
-    err: ErrorDetails,
-    root: type[BaseModel],
-    label: typing.Callable[[tuple[str, ...]], str] | None,
-) -> str:
-    """One line naming the key, the value, the allowed values and the source."""
-    loc = tuple(err["loc"])
-    kind = err["type"]
-    path, field, section = _resolve(root, loc)
-    origin = _source_of(loc, label)
-    if kind == "extra_forbidden":
-        return _unknown_key(root, loc) + origin
-    value = show_value(err.get("input"), path)
-    bounds = range_text(field.metadata) if field is not None else ""
-    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        return f"{path} = {value} is out of range: must be {bounds}{origin}"
-    if kind == "literal_error":
-        expected = (err.get("ctx") or {}).get("expected", "")
-        return f"{path} = {value} is not allowed: must be one of {expected}{origin}"
-    if kind in ("model_type", "model_attributes_type", "dict_type"):
-        got = type(err.get("input")).__name__
-        where = path or "the configuration"
-        return f"{where} must be an object (a JSON mapping), got {got}{origin}"
-    if kind.startswith("fastpipe_"):
-        if section is not None or not path:  # a whole-section check names its keys itself
-            return f"{err['msg']}{origin}"
-        return f"{path} = {value} {err['msg']}{origin}"
-    expected = TYPE_WORDS.get(kind, err["msg"].removeprefix("Input should be ").rstrip("."))
-    extra = f" {bounds}" if bounds else ""
-    return f"{path} = {value} is not valid: expected {expected}{extra}{origin}"
-
-
-def _unknown_key(root: type[BaseModel], loc: tuple[int | str, ...]) -> str:
-    """The message for an unknown key: its full name and the nearest valid one."""
-    parent_path, _, parent = _resolve(root, loc[:-1])
-    key = str(loc[-1])
-    full = f"{parent_path}.{key}" if parent_path else key
-    valid = list(parent.model_fields) if parent is not None else []
-    hint = suggest(key, valid)
-    if hint is None and parent is root and root is FastpipeConfig:
-        # A key of some section written at the top level, e.g. "connection_pool_size".
-        near = suggest(key, list(_LEAVES))
-        hint = f"{_LEAVES[near]}.{near}" if near else None
-    if hint is not None:
-        shown = f"{parent_path}.{hint}" if parent_path else hint
-        return f"unknown key {full!r}: did you mean {shown!r}?"
-    return f"unknown key {full!r}: valid keys are {', '.join(valid)}"
+    leaves = _LEAVES if root is FastpipeConfig else None
+    return config_error(exc, root, label, leaves)
 
 
 # ----------------------------------------------------------- process-wide config

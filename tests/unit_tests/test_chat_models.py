@@ -14,10 +14,10 @@ from langchain_core.tools import tool
 from pydantic import BaseModel
 
 import langchain_fastpipe.chat_models as chat_models_module
+from langchain_fastpipe._chat._chunks import ChunkParser as _ChunkParser
+from langchain_fastpipe._chat._structured import parse_structured as _parse_structured
 from langchain_fastpipe.chat_models import (
     ChatFastpipe,
-    _ChunkParser,
-    _parse_structured,
     json_schema_response_format,
     set_preload_hook,
 )

@@ -803,12 +803,12 @@ def test_chat_model_raises_on_keys_it_would_drop(monkeypatch: pytest.MonkeyPatch
     cfg = FastpipeConfig(backend={"base_url": "http://127.0.0.1:9/v1", "model": "m"})
     with pytest.raises(ConfigError, match=r"'temprature' \(override\), did you mean 'temperature'"):
         ChatFastpipe.from_config(cfg, temprature=0.5)
-    real = chat_models._config_kwargs
+    real = chat_models.config_kwargs
 
-    def with_stray_key(config: FastpipeConfig) -> dict[str, Any]:
-        return {**real(config), "preload_timeout": 60.0}
+    def with_stray_key(config: FastpipeConfig, knobs: dict[str, str]) -> dict[str, Any]:
+        return {**real(config, knobs), "preload_timeout": 60.0}
 
-    monkeypatch.setattr(chat_models, "_config_kwargs", with_stray_key)
+    monkeypatch.setattr(chat_models, "config_kwargs", with_stray_key)
     with pytest.raises(ConfigError, match=r"'preload_timeout' \(configuration setting\)"):
         ChatFastpipe.from_config(cfg)
 
