@@ -44,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl
+import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any, Final, Union
 
@@ -126,16 +127,29 @@ class GracefulH2Connection(h2.connection.H2Connection):
     buffer is kept (flow-control credit and resets still matter to those streams) and
     new streams are refused. :meth:`probe` queues a PING for a server silent since.
 
+    Stream ids are reserved: each :meth:`get_next_available_stream_id` returns a new one,
+    so two requests never share one; a request whose headers would go out after a higher
+    id's gets ``StreamIDTooLowError`` from :meth:`send_headers` and is resent. With
+    ``threads=True`` (httpcore's sync connection, used by many threads at once) every
+    entry point holds one lock: h2 is not thread-safe, and httpcore's sync HTTP/2 calls
+    it from several threads with no lock around it.
+
     Attributes:
         goaway_last_stream_id: The lowest ``last_stream_id`` of the GOAWAYs received
             (a later GOAWAY may only lower it), or None before any.
     """
 
-    def __init__(self, config: h2.config.H2Configuration | None = None) -> None:
+    def __init__(
+        self, config: h2.config.H2Configuration | None = None, *, threads: bool = False
+    ) -> None:
         """Create the connection (see ``h2.connection.H2Connection``)."""
         super().__init__(config=config)
         self.goaway_last_stream_id: int | None = None
         self._probed = False
+        self._reserved: int | None = None  # the last stream id given out
+        self._lock: contextlib.AbstractContextManager[Any] = (
+            threading.RLock() if threads else contextlib.nullcontext()
+        )
 
     def _receive_goaway_frame(
         self, frame: GoAwayFrame
@@ -157,7 +171,20 @@ class GracefulH2Connection(h2.connection.H2Connection):
         last = self.goaway_last_stream_id
         if last is None or self._probed:
             return False
-        return any(sid <= last and not stream.closed for sid, stream in self.streams.items())
+        with self._lock:
+            return any(sid <= last and not s.closed for sid, s in list(self.streams.items()))
+
+    def cancel(self, stream_id: int) -> bool:
+        """Queue RST_STREAM(CANCEL) for a stream still open; whether one was queued."""
+        with self._lock:
+            stream = self.streams.get(stream_id)
+            if stream is None or stream.closed:
+                return False
+            try:
+                self.reset_stream(stream_id, error_code=h2.errors.ErrorCodes.CANCEL)
+            except h2.exceptions.ProtocolError:
+                return False
+            return True
 
     def probe(self) -> None:
         """Queue the PING that asks a silent server whether it still serves kept streams.
@@ -174,12 +201,77 @@ class GracefulH2Connection(h2.connection.H2Connection):
         """Whether frames are queued for sending."""
         return bool(self._data_to_send)
 
+    def get_next_available_stream_id(self) -> int:
+        """A stream id no other request was given (see the class docstring)."""
+        with self._lock:
+            stream_id = super().get_next_available_stream_id()
+            if self._reserved is not None:
+                stream_id = max(stream_id, self._reserved + 2)
+            if stream_id > self.HIGHEST_ALLOWED_STREAM_ID:
+                msg = "Exhausted allowed stream IDs"
+                raise h2.exceptions.NoAvailableStreamIDError(msg)
+            self._reserved = stream_id
+            return stream_id
+
     def send_headers(self, stream_id: int, *args: Any, **kwargs: Any) -> None:
         """Send headers; a new stream after a received GOAWAY raises ``ProtocolError``."""
-        if self.goaway_last_stream_id is not None and stream_id not in self.streams:
-            msg = f"GOAWAY received: stream {stream_id} may not be opened on this connection"
-            raise h2.exceptions.ProtocolError(msg)
-        super().send_headers(stream_id, *args, **kwargs)
+        with self._lock:
+            if self.goaway_last_stream_id is not None and stream_id not in self.streams:
+                msg = f"GOAWAY received: stream {stream_id} may not be opened on this connection"
+                raise h2.exceptions.ProtocolError(msg)
+            super().send_headers(stream_id, *args, **kwargs)
+
+    # Every other entry point httpcore and this module use, under the lock.
+
+    def receive_data(self, data: Any) -> list[h2.events.Event]:
+        """See ``H2Connection.receive_data``."""
+        with self._lock:
+            return super().receive_data(data)
+
+    def data_to_send(self, amount: int | None = None) -> bytes:
+        """See ``H2Connection.data_to_send``."""
+        with self._lock:
+            return super().data_to_send(amount)
+
+    def send_data(self, stream_id: int, *args: Any, **kwargs: Any) -> None:
+        """See ``H2Connection.send_data``."""
+        with self._lock:
+            super().send_data(stream_id, *args, **kwargs)
+
+    def end_stream(self, stream_id: int) -> None:
+        """See ``H2Connection.end_stream``."""
+        with self._lock:
+            super().end_stream(stream_id)
+
+    def reset_stream(self, stream_id: int, error_code: h2.errors.ErrorCodes | int = 0) -> None:
+        """See ``H2Connection.reset_stream``."""
+        with self._lock:
+            super().reset_stream(stream_id, error_code)
+
+    def acknowledge_received_data(self, acknowledged_size: int, stream_id: int) -> None:
+        """See ``H2Connection.acknowledge_received_data``."""
+        with self._lock:
+            super().acknowledge_received_data(acknowledged_size, stream_id)
+
+    def increment_flow_control_window(self, increment: int, stream_id: int | None = None) -> None:
+        """See ``H2Connection.increment_flow_control_window``."""
+        with self._lock:
+            super().increment_flow_control_window(increment, stream_id)
+
+    def local_flow_control_window(self, stream_id: int) -> int:
+        """See ``H2Connection.local_flow_control_window``."""
+        with self._lock:
+            return super().local_flow_control_window(stream_id)
+
+    def ping(self, opaque_data: bytes | str) -> None:
+        """See ``H2Connection.ping``."""
+        with self._lock:
+            super().ping(opaque_data)
+
+    def close_connection(self, *args: Any, **kwargs: Any) -> None:
+        """See ``H2Connection.close_connection``."""
+        with self._lock:
+            super().close_connection(*args, **kwargs)
 
 
 class _Streams:
@@ -253,16 +345,7 @@ class _Streams:
         A stream above a GOAWAY's ``last_stream_id`` is left alone: the server never
         processed it.
         """
-        if self.above_goaway(stream_id):
-            return False
-        stream = self.h2.streams.get(stream_id)
-        if stream is None or stream.closed:
-            return False
-        try:
-            self.h2.reset_stream(stream_id, error_code=h2.errors.ErrorCodes.CANCEL)
-        except h2.exceptions.ProtocolError:
-            return False
-        return True
+        return not self.above_goaway(stream_id) and self.h2.cancel(stream_id)
 
 
 class AsyncGracefulHTTP2Connection(httpcore.AsyncHTTP2Connection):
@@ -303,7 +386,10 @@ class AsyncGracefulHTTP2Connection(httpcore.AsyncHTTP2Connection):
             raise self._not_available()  # the stream id was taken, the stream never sent
         self._streams.requests[stream_id] = request
         self._set_up = True  # the preface and the stream limits are in place
-        await super()._send_request_headers(request, stream_id)
+        try:
+            await super()._send_request_headers(request, stream_id)
+        except h2.exceptions.StreamIDTooLowError:
+            raise self._not_available() from None  # a later stream went first: resend
 
     async def _wait_for_outgoing_flow(self, request: httpcore.Request, stream_id: int) -> int:
         # Adapted from httpcore 1.0.9: waits with ``flow_for`` so that a GOAWAY above
@@ -473,7 +559,7 @@ class GracefulHTTP2Connection(httpcore.HTTP2Connection):
     ) -> None:
         """Create the connection over an open network stream (as httpcore's)."""
         super().__init__(origin, stream, keepalive_expiry)
-        self._graceful = GracefulH2Connection(config=self.CONFIG)
+        self._graceful = GracefulH2Connection(config=self.CONFIG, threads=True)
         self._h2_state = self._graceful
         self._streams = _Streams(self._graceful)
 
@@ -500,7 +586,10 @@ class GracefulHTTP2Connection(httpcore.HTTP2Connection):
         if self._graceful.goaway_last_stream_id is not None:
             raise self._not_available()
         self._streams.requests[stream_id] = request
-        super()._send_request_headers(request, stream_id)
+        try:
+            super()._send_request_headers(request, stream_id)
+        except h2.exceptions.StreamIDTooLowError:
+            raise self._not_available() from None  # a later stream went first: resend
 
     def _wait_for_outgoing_flow(self, request: httpcore.Request, stream_id: int) -> int:
         # Adapted from httpcore 1.0.9 (see the async class).

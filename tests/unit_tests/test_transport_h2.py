@@ -544,6 +544,46 @@ async def test_a_failed_reset_keeps_nothing_alive() -> None:
         assert pool.connections  # the failed connection is still alive in the pool
 
 
+class Hold:
+    """A ``trace`` extension holding its request before its headers until ``go`` is set."""
+
+    def __init__(self, go: asyncio.Event) -> None:
+        self.go = go
+
+    async def __call__(self, name: str, info: dict[str, Any]) -> None:
+        if name == "http2.send_request_headers.started":
+            await self.go.wait()
+
+
+class Mark:
+    """A ``trace`` extension setting ``sent`` once its request's headers went out."""
+
+    def __init__(self, sent: asyncio.Event) -> None:
+        self.sent = sent
+
+    async def __call__(self, name: str, info: dict[str, Any]) -> None:
+        if name == "http2.send_request_headers.complete":
+            self.sent.set()
+
+
+async def test_requests_never_share_a_stream_id() -> None:
+    """A request that yields between taking its stream id and sending its headers (an
+    async trace hook does) must not share that id with the request that goes first."""
+    server = Server()
+    sent = asyncio.Event()
+    async with aclient(server) as http:
+        assert (await http.post("http://h2.test/warm", content=b"{}")).text == "/warm@0"
+        held = http.post("http://h2.test/a", content=b"{}", extensions={"trace": Hold(sent)})
+        first = http.post("http://h2.test/b", content=b"{}", extensions={"trace": Mark(sent)})
+        a, b = await asyncio.wait_for(asyncio.gather(held, first), DEADLINE)
+    assert (a.text, b.text) == ("/a@0", "/b@0")
+    wire = server.wires[0]
+    assert server.seen("/a") == server.seen("/b") == 1  # the held one was resent unsent
+    ids = {path: sid for sid, path in wire.paths.items()}
+    assert ids["/a"] > ids["/b"] > ids["/warm"]
+    assert wire.resets == {}
+
+
 # ------------------------------------------------------------------ h2 itself
 
 
@@ -579,6 +619,19 @@ def test_h2_accepts_data_of_kept_streams_after_goaway_and_refuses_new_streams() 
     # a later GOAWAY may only lower last_stream_id
     client_side.receive_data(GoAwayFrame(0, last_stream_id=sid + 10).serialize())
     assert client_side.goaway_last_stream_id == sid
+
+
+def test_h2_stream_ids_are_reserved() -> None:
+    client_side, _, sid = _client_and_server()
+    first, second = (
+        client_side.get_next_available_stream_id(),
+        client_side.get_next_available_stream_id(),
+    )
+    assert sid < first < second
+    headers = [(":method", "GET"), (":path", "/"), (":scheme", "http"), (":authority", "x")]
+    client_side.send_headers(second, headers, end_stream=True)
+    with pytest.raises(h2.exceptions.StreamIDTooLowError):
+        client_side.send_headers(first, headers, end_stream=True)
 
 
 def test_plain_h2_rejects_the_same_frames() -> None:
