@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
+from langchain_fastpipe._runtime import runtime
 from langchain_fastpipe.emulator import EmulatorConfig, EmulatorServer
 from langchain_fastpipe.transport import PooledClient
 
@@ -55,6 +56,19 @@ def _reset_session_emulators(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     for server in used:
         server.reset_state()
+        _reset_breakers_of(server)
+
+
+def _reset_breakers_of(server: EmulatorServer) -> None:
+    """Close the circuit breakers of every live pool that talks to a session emulator.
+
+    Tests inject failures into the shared servers; the breakers of the shared pools would
+    carry those outcomes into the next test, which is not what that test is about.
+    """
+    origin = server.base_url.rstrip("/")
+    for pool in runtime().live_pools():
+        if pool.config.base_url.startswith(origin):
+            pool.breakers.reset()
 
 
 @pytest.fixture

@@ -460,6 +460,14 @@ class BreakerRegistry:
         for name in [name for name, b in self._models.items() if b.idle()]:
             del self._models[name]
 
+    def reset(self) -> None:
+        """Forget every outcome: all breakers closed with empty windows (after a fix)."""
+        with self._lock:
+            self._models.clear()
+            self.endpoint_breaker = CircuitBreaker(
+                self.policy, endpoint=self.endpoint, clock=self._clock
+            )
+
     def models(self) -> dict[str, CircuitBreaker]:
         """The model breakers created so far, by model name."""
         with self._lock:

@@ -299,6 +299,24 @@ def test_a_failing_model_does_not_block_another_model() -> None:
     assert state_of(breakers.endpoint_breaker) == "closed"  # the server answered every call
 
 
+def test_reset_closes_every_breaker_with_an_empty_window() -> None:
+    breakers, _ = registry()
+    down = EndpointConnectError(f"connection to {ENDPOINT} failed", endpoint=ENDPOINT)
+    for _ in range(2):
+        breakers.admit("bad").report(MODEL_ERROR, boom())
+    for _ in range(2):
+        breakers.admit("other").report(SERVER_DOWN, down)
+    with pytest.raises(CircuitOpenError):
+        breakers.admit("bad")
+    with pytest.raises(CircuitOpenError):
+        breakers.admit("other")
+    breakers.reset()
+    breakers.admit("bad").report(SUCCESS)
+    assert state_of(breakers.get("bad")) == "closed"
+    assert state_of(breakers.endpoint_breaker) == "closed"
+    assert breakers.endpoint_breaker.snapshot()["failures_in_window"] == 0
+
+
 def test_connect_failures_open_the_endpoint_for_every_model() -> None:
     breakers, _ = registry()
     down = EndpointConnectError(f"connection to {ENDPOINT} failed", endpoint=ENDPOINT)
