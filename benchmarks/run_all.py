@@ -28,6 +28,10 @@ BENCHMARKS: list[tuple[str, list[str]]] = [
         [str(HERE / "bench_fastserver.py")],
     ),
     (
+        "HTTP/2 behind nginx: streams lost to GOAWAY, raw httpx vs ChatFastpipe",
+        [str(HERE / "bench_nginx_goaway.py")],
+    ),
+    (
         "streaming: StreamingChunk overhead and time to first chunk",
         [str(HERE / "bench_streaming.py")],
     ),
