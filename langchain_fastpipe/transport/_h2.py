@@ -43,9 +43,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import ssl
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final, Union
 
 import h2.config
@@ -116,6 +117,21 @@ def _error_code(code: int) -> h2.errors.ErrorCodes | int:
         return h2.errors.ErrorCodes(code)
     except ValueError:
         return code
+
+
+def _readability(stream: httpcore.AsyncNetworkStream) -> Callable[[], bool]:
+    """A cheap "does the socket hold unread bytes" check of ``stream``.
+
+    One ``poll`` of the raw socket (httpcore's ``is_readable`` rebuilds anyio's whole
+    attribute table, a ``getpeername`` included, on every call); streams without a socket
+    answer ``is_readable`` themselves. A closed socket counts as readable (its read says so).
+    """
+    sock = stream.get_extra_info("socket")
+    if sock is None or not hasattr(select, "poll"):
+        return lambda: bool(stream.get_extra_info("is_readable"))
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return lambda: bool(poller.poll(0))
 
 
 class GracefulH2Connection(h2.connection.H2Connection):
@@ -363,6 +379,7 @@ class AsyncGracefulHTTP2Connection(httpcore.AsyncHTTP2Connection):
         self._h2_state = self._graceful
         self._streams = _Streams(self._graceful)
         self._set_up = False
+        self._readable = _readability(stream)
 
     async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
         """Send ``request`` on a new stream (ConnectionNotAvailable after a GOAWAY)."""
@@ -437,7 +454,7 @@ class AsyncGracefulHTTP2Connection(httpcore.AsyncHTTP2Connection):
         async with self._read_lock:
             if self._streams.unprocessed(stream_id or flow_for, self._events):
                 raise self._not_available()
-            if poll and not self._network_stream.get_extra_info("is_readable"):
+            if poll and not self._readable():
                 return
             if stream_id is None or not self._events.get(stream_id):
                 for event in await self._read_incoming_data(request, poll=poll):
@@ -515,7 +532,7 @@ class AsyncGracefulHTTP2Connection(httpcore.AsyncHTTP2Connection):
         if not self._set_up:
             return  # reading SETTINGS now would race the stream limits being set up
         for _ in range(_DRAIN_READS):
-            if not self._network_stream.get_extra_info("is_readable"):
+            if not self._readable():
                 return
             try:
                 await self._receive_events(request, poll=True)
