@@ -66,6 +66,33 @@ def abort_client(client: httpx.AsyncClient) -> None:
     mark_aiohttp_closed(client)
 
 
+def _abort_on_running_loop(loop: asyncio.AbstractEventLoop, client: httpx.AsyncClient) -> None:
+    """Abort ``client``'s connections on its still-running ``loop`` (a dropped pool).
+
+    ``transport.abort()`` is thread-safe only on the loop's own thread, so from another
+    thread it is handed to the loop. An aiohttp-engine client's session and connector are
+    marked closed too, so they do not warn when collected.
+    """
+    from langchain_fastpipe.transport._aiohttp import mark_aiohttp_closed
+
+    raws = _h2()._socket_transports(client)
+
+    def abort() -> None:
+        for raw in raws:
+            with contextlib.suppress(Exception):
+                raw.abort()
+        mark_aiohttp_closed(client)
+
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        abort()
+    else:
+        loop.call_soon_threadsafe(abort)
+
+
 class LoopClients:
     """The sync client and the per-loop async clients of one endpoint, built lazily.
 
@@ -176,7 +203,7 @@ class LoopClients:
         """Close everything without awaiting: the pool is gone (its finalizer).
 
         The sync client is closed; async clients of closed loops have their sockets
-        closed directly; those of running loops are closed by a task on their loop.
+        closed directly; those of running loops have their connections aborted.
         Never raises.
         """
         with self._lock:
@@ -189,4 +216,7 @@ class LoopClients:
                 if loop.is_closed():
                     abort_client(client)
                 elif loop.is_running():
-                    asyncio.run_coroutine_threadsafe(client.aclose(), loop)
+                    # No await is possible here, and a task scheduled on the loop may be
+                    # cancelled before it runs (``asyncio.run`` cancels what is left when
+                    # its coroutine returns): abort the connections at once instead.
+                    _abort_on_running_loop(loop, client)
