@@ -34,9 +34,9 @@ This module owns that behaviour, at the depth where it lives:
   and :func:`sync_transport` return httpx transports over them.
 * :func:`abort_dead_loop_client`: closes the sockets of a client whose event loop died.
 
-Every walk of private httpx/httpcore/h2/anyio/aiohttp attributes in the package lives
-here. Some httpcore methods are copied and adapted (marked "Adapted from"); they follow
-the versions in :data:`WRITTEN_FOR`, and a unit test fails when the installed ones differ.
+The httpx engine's walks of private httpx/httpcore/h2/anyio attributes live here. Some
+httpcore methods are copied and adapted (marked "Adapted from"); they follow the
+versions in :data:`WRITTEN_FOR`, and a unit test fails when the installed ones differ.
 """
 
 from __future__ import annotations
