@@ -121,3 +121,17 @@ async def test_stats_app_serves_json_and_prometheus(emulator) -> None:
     status, headers, body = await _call_asgi("/fastpipe/metrics")
     assert headers[b"content-type"].startswith(b"text/plain")
     assert b"fastpipe_pool_requests_total" in body
+
+
+def test_ask_in_a_fresh_process_leaves_no_unclosed_session() -> None:
+    # The model (and its pool) is dropped while asyncio.run's loop still runs: its
+    # connections must be closed then, not left to warn at exit.
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "langchain_fastpipe.cli", "ask", "--backend", "emulator", "Hi?"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert out.stdout.startswith("Q: Hi?\nA: ")
+    assert "Unclosed" not in out.stderr, out.stderr
