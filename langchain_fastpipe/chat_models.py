@@ -48,7 +48,6 @@ from pydantic_core import PydanticCustomError
 
 from langchain_fastpipe._chat._chunks import ChunkParser as _ChunkParser
 from langchain_fastpipe._chat._from_config import check_fields, config_kwargs, reject_removed_fields
-from langchain_fastpipe._chat._structured import json_schema_response_format, structured_output
 from langchain_fastpipe._validation import field_error, has_credentials, quote_url, redact_url
 from langchain_fastpipe.errors import ConfigError
 from langchain_fastpipe.providers import PROVIDERS, Provider, get_provider
@@ -446,6 +445,8 @@ class ChatFastpipe(BaseChatModel):
         if response_format is not None and not (
             isinstance(response_format, Mapping) and "type" in response_format
         ):
+            from langchain_fastpipe._chat._structured import json_schema_response_format
+
             response_format = json_schema_response_format(response_format)
         return ChatRequest(
             model=model,
@@ -785,6 +786,10 @@ class ChatFastpipe(BaseChatModel):
         Raises:
             ValueError: An unknown method, a missing schema, or ``strict`` with json_mode.
         """
+        # Imported here: output parsers and function-calling utilities are ~5 ms of import
+        # a chat model that never asks for structured output does not pay.
+        from langchain_fastpipe._chat._structured import structured_output
+
         return structured_output(
             self, schema, method=method, include_raw=include_raw, strict=strict, kwargs=kwargs
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Mapping
 from operator import itemgetter
@@ -20,7 +21,6 @@ from langchain_core.utils.function_calling import convert_to_openai_function
 from langchain_core.utils.json import parse_json_markdown
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import BaseModel
-from pydantic.v1 import BaseModel as BaseModelV1
 
 from langchain_fastpipe.errors import ConfigError
 from langchain_fastpipe.providers._convert import convert_tools
@@ -36,6 +36,15 @@ __all__ = [
 ]
 
 StructuredMethod = Literal["json_schema", "function_calling", "json_mode"]
+
+
+def _is_pydantic_v1(cls: type) -> bool:
+    """Whether ``cls`` is a ``pydantic.v1`` model (that module is loaded when one exists).
+
+    ``pydantic.v1`` costs ~50 ms to import, so it is not imported to answer this.
+    """
+    v1 = sys.modules.get("pydantic.v1")
+    return v1 is not None and issubclass(cls, v1.BaseModel)
 
 
 def is_pydantic_class(obj: Any) -> bool:
@@ -119,7 +128,7 @@ def structured_output(
         msg = f"schema is required with method={method!r}"
         raise ConfigError(msg)
     is_pydantic = is_pydantic_class(schema)
-    if method == "json_schema" and is_pydantic and issubclass(cast(type, schema), BaseModelV1):
+    if method == "json_schema" and is_pydantic and _is_pydantic_v1(cast(type, schema)):
         warnings.warn(
             "pydantic.v1 models are not supported by method='json_schema'; "
             "using method='function_calling'",

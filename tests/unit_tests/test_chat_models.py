@@ -15,12 +15,9 @@ from pydantic import BaseModel
 
 import langchain_fastpipe.chat_models as chat_models_module
 from langchain_fastpipe._chat._chunks import ChunkParser as _ChunkParser
+from langchain_fastpipe._chat._structured import json_schema_response_format
 from langchain_fastpipe._chat._structured import parse_structured as _parse_structured
-from langchain_fastpipe.chat_models import (
-    ChatFastpipe,
-    json_schema_response_format,
-    set_preload_hook,
-)
+from langchain_fastpipe.chat_models import ChatFastpipe, set_preload_hook
 from langchain_fastpipe.errors import ConfigError
 from langchain_fastpipe.providers import OpenAIProvider
 from langchain_fastpipe.transport import BreakerPolicy, ResponseInfo
