@@ -18,13 +18,16 @@ from __future__ import annotations
 import gc
 import weakref
 from collections.abc import Callable, Iterator
+from typing import Any
 
+import aiohttp
 import httpx
 import pytest
 
 from langchain_fastpipe._runtime import runtime
 from langchain_fastpipe.emulator import EmulatorConfig, EmulatorServer
 from langchain_fastpipe.transport import PooledClient
+from langchain_fastpipe.transport._aiohttp import direct_session
 
 MakeEmulator = Callable[..., EmulatorServer]
 
@@ -97,9 +100,9 @@ class ResponseTracker:
     """
 
     def __init__(self) -> None:
-        self.refs: list[weakref.ref[httpx.Response]] = []
+        self.refs: list[weakref.ref[Any]] = []
 
-    def _record(self, response: httpx.Response) -> None:
+    def _record(self, response: Any) -> None:
         self.refs.append(weakref.ref(response))
 
     async def _arecord(self, response: httpx.Response) -> None:
@@ -110,8 +113,23 @@ class ResponseTracker:
         pool._clients.client().event_hooks["response"].append(self._record)
 
     def track_async(self, pool: PooledClient) -> None:
-        """Record every response of ``pool``'s async client of the running loop."""
-        pool._clients.aclient().event_hooks["response"].append(self._arecord)
+        """Record every response of ``pool``'s async client of the running loop.
+
+        On the aiohttp engine the pool's calls skip httpx: their ``aiohttp.ClientResponse``
+        objects are recorded (from an ``on_request_end`` trace of the loop's session).
+        """
+        client = pool._clients.aclient()
+        client.event_hooks["response"].append(self._arecord)
+        session = direct_session(client)
+        if session is not None:
+            trace = aiohttp.TraceConfig()
+
+            async def on_end(session: Any, ctx: Any, params: Any) -> None:
+                self._record(params.response)
+
+            trace.on_request_end.append(on_end)
+            trace.freeze()
+            session._trace_configs.append(trace)
 
     def alive(self) -> int:
         """How many recorded responses are still alive after a full garbage collection."""

@@ -1,23 +1,32 @@
-"""The aiohttp engine: an httpx transport on aiohttp's HTTP/1.1 client.
+"""The aiohttp engine: the pool's async calls on aiohttp's HTTP/1.1 client.
 
 httpx's own HTTP/1.1 pool (httpcore) costs several times more client CPU per request
-than aiohttp at hundreds of concurrent streams (encode/httpx#3215). ``httpx_aiohttp``'s
-``AiohttpTransport`` keeps the httpx API (requests, responses, streaming, errors) and
-moves the wire work to aiohttp. The default for plain ``http://`` endpoints
-(``EndpointConfig.async_engine``), or forced with ``engine="aiohttp"``. Async calls only,
-HTTP/1.1 only.
+than aiohttp at hundreds of concurrent streams (encode/httpx#3215). The default for plain
+``http://`` endpoints (``EndpointConfig.async_engine``), or forced with
+``engine="aiohttp"``. Async calls only, HTTP/1.1 only.
 
-Two things are adapted here:
+Each event loop's client is still an ``httpx.AsyncClient`` (one object per loop to open,
+close and abandon, whatever the engine), whose transport, ``httpx_aiohttp``'s
+``AiohttpTransport``, owns the ``aiohttp.ClientSession``. The pool's calls skip httpx's
+request and response layer, though (about 0.3 ms of client CPU per streamed request):
+:func:`asend` sends on the session directly and returns an :class:`AiohttpReply`, the few
+members of ``httpx.Response`` the pool reads. Requests through the httpx client itself
+(warm-ups) still go through ``AiohttpTransport``.
+
+Adapted here:
 
 * Statistics. httpcore's ``trace`` request extension does not exist in aiohttp, so an
   ``aiohttp.TraceConfig`` replays the events the pool's ``RequestTrace`` listens to
-  (connection opened, request headers sent) to the ``trace`` callable of the request
-  being sent, found through a context variable (aiohttp runs trace callbacks in the
-  caller's task). ``connections_opened``, ``pool_wait`` and the "was this connection
-  reused" signal behind stale-connection replays therefore mean what they mean on httpx.
-* Errors. ``httpx_aiohttp`` maps every ``aiohttp.ClientConnectionError`` to
-  ``httpx.ConnectTimeout`` (a refused connection looks like a timeout); the exception is
-  mapped again here from its aiohttp cause, in the request phase and while streaming.
+  (connection opened, request headers sent) to the request's trace: the one passed as
+  aiohttp's ``trace_request_ctx`` by :func:`asend`, else the ``trace`` extension of the
+  httpx request being sent, found through a context variable (aiohttp runs trace
+  callbacks in the caller's task). ``connections_opened``, ``pool_wait`` and the "was
+  this connection reused" signal behind stale-connection replays therefore mean what
+  they mean on httpx.
+* Errors. aiohttp's exceptions become the httpx exceptions the pool classifies
+  (:func:`httpx_error`); ``httpx_aiohttp`` maps every ``aiohttp.ClientConnectionError`` to
+  ``httpx.ConnectTimeout`` (a refused connection looks like a timeout), so its errors are
+  mapped again from their aiohttp cause (:func:`remap_aiohttp_error`).
 
 And one walk of aiohttp's private attributes, :func:`mark_aiohttp_closed`: a client whose
 event loop ended without ``aclose_pools()`` cannot close its session any more; once its
@@ -30,15 +39,23 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from types import SimpleNamespace
 from typing import Any
 
+import aiohttp
 import httpx
 
 from langchain_fastpipe.transport._config import EndpointConfig
 
-__all__ = ["aiohttp_transport", "mark_aiohttp_closed", "remap_aiohttp_error"]
+__all__ = [
+    "AiohttpReply",
+    "aiohttp_transport",
+    "asend",
+    "httpx_error",
+    "mark_aiohttp_closed",
+    "remap_aiohttp_error",
+]
 
 TraceHook = Callable[[str, dict[str, Any]], Awaitable[None]]
 
@@ -55,6 +72,36 @@ _EVENTS = (
 )
 
 
+def httpx_error(cause: BaseException, message: str | None = None) -> httpx.TransportError | None:
+    """The httpx exception an aiohttp (or timeout) exception stands for; None when none fits.
+
+    Args:
+        cause: The exception aiohttp raised (it becomes the result's ``__cause__``).
+        message: The text of the result (default: ``str(cause)``).
+
+    Returns:
+        ``ConnectTimeout``/``ReadTimeout`` for timeouts, ``ConnectError`` for failed
+        connects, ``RemoteProtocolError`` for a server that closed the connection or sent
+        a malformed reply, ``ReadError`` for other broken connections or bodies.
+    """
+    text = str(cause) if message is None else message
+    mapped: httpx.TransportError
+    if isinstance(cause, aiohttp.ConnectionTimeoutError):
+        mapped = httpx.ConnectTimeout(text)
+    elif isinstance(cause, (aiohttp.ServerTimeoutError, TimeoutError)):
+        mapped = httpx.ReadTimeout(text or "read timed out")
+    elif isinstance(cause, aiohttp.ClientConnectorError):
+        mapped = httpx.ConnectError(text)
+    elif isinstance(cause, (aiohttp.ServerDisconnectedError, aiohttp.ClientResponseError)):
+        mapped = httpx.RemoteProtocolError(text)
+    elif isinstance(cause, (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError)):
+        mapped = httpx.ReadError(text)
+    else:
+        return None
+    mapped.__cause__ = cause
+    return mapped
+
+
 def remap_aiohttp_error(exc: httpx.TransportError) -> httpx.TransportError:
     """The httpx exception matching the aiohttp cause of ``exc`` (``exc`` when none fits).
 
@@ -62,39 +109,24 @@ def remap_aiohttp_error(exc: httpx.TransportError) -> httpx.TransportError:
         exc: An exception raised by ``httpx_aiohttp`` (its ``__cause__`` is aiohttp's).
 
     Returns:
-        ``ConnectTimeout``/``ReadTimeout`` for timeouts, ``ConnectError`` for failed
-        connects, ``RemoteProtocolError`` for a server that closed the connection,
-        ``ReadError`` for other broken connections or bodies.
+        :func:`httpx_error` of the cause, with ``exc``'s message.
     """
-    import aiohttp
-
     cause = exc.__cause__
-    message = str(exc)
-    mapped: httpx.TransportError
-    if isinstance(cause, aiohttp.ConnectionTimeoutError):
-        mapped = httpx.ConnectTimeout(message)
-    elif isinstance(cause, aiohttp.ServerTimeoutError):
-        mapped = httpx.ReadTimeout(message)
-    elif isinstance(cause, aiohttp.ClientConnectorError):
-        mapped = httpx.ConnectError(message)
-    elif isinstance(cause, aiohttp.ServerDisconnectedError):
-        mapped = httpx.RemoteProtocolError(message)
-    elif isinstance(cause, (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError)):
-        mapped = httpx.ReadError(message)
-    else:
+    if cause is None:
         return exc
-    mapped.__cause__ = cause
-    return mapped
+    return httpx_error(cause, str(exc)) or exc
 
 
 def _trace_config() -> Any:
     """An ``aiohttp.TraceConfig`` forwarding connection events to the current request."""
-    import aiohttp
-
     config = aiohttp.TraceConfig()
 
     def forward(name: str) -> Callable[[Any, SimpleNamespace, Any], Awaitable[None]]:
         async def on_event(session: Any, ctx: SimpleNamespace, params: Any) -> None:
+            trace = ctx.trace_request_ctx
+            if trace is not None:  # sent by asend(): the attempt's RequestTrace
+                trace.trace(name, {})
+                return
             hook = _CURRENT_TRACE.get()
             if hook is not None:
                 await hook(name, {})
@@ -105,6 +137,120 @@ def _trace_config() -> Any:
         getattr(config, signal).append(forward(name))
     config.freeze()
     return config
+
+
+class AiohttpReply:
+    """A streamed aiohttp reply, with the members of ``httpx.Response`` the pool reads.
+
+    ``status_code``, ``http_version``, ``headers`` (case-insensitive), the body as
+    ``aiter_raw()``/``aiter_bytes()`` (aiohttp already removed any content encoding, so
+    both give the decoded bytes) and ``aclose()``. Read failures raise httpx exceptions
+    (:func:`httpx_error`).
+
+    Closing a body that was not read to its end closes its connection (HTTP/1.1 cannot
+    reuse it). aiohttp frees the connector's slot at once but the socket only on the next
+    loop turn (asyncio's transport ``close``); :meth:`aclose` lets that turn pass, so when
+    it returns the socket is gone and the pool's connection limit bounds real sockets.
+    """
+
+    __slots__ = ("_ended", "_response", "headers", "http_version", "status_code")
+
+    is_stream_consumed = False  # the body is only ever read through the iterators below
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        """Wrap ``response``, whose headers have arrived."""
+        self._response = response
+        self._ended = False
+        self.status_code: int = response.status
+        version = response.version
+        self.http_version = "HTTP/1.1" if version is None else f"HTTP/{version[0]}.{version[1]}"
+        self.headers: Mapping[str, str] = response.headers
+
+    async def aiter_raw(self) -> AsyncIterator[bytes]:
+        """The body's chunks as they arrive (at most one pass)."""
+        content = self._response.content
+        try:
+            while True:
+                chunk = await content.readany()
+                if not chunk:
+                    break
+                yield chunk
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            mapped = httpx_error(exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
+        self._ended = True
+
+    aiter_bytes = aiter_raw
+
+    async def aclose(self) -> None:
+        """Return the connection to the pool, or close it if the body was not read to its end."""
+        response = self._response
+        response.release()
+        await response.wait_for_close()
+        if not self._ended:
+            await asyncio.sleep(0)  # the transport's connection_lost runs in this turn
+
+
+def direct_session(client: httpx.AsyncClient) -> aiohttp.ClientSession | None:
+    """The aiohttp session under ``client`` (created on first use); None for other transports."""
+    owner = getattr(client._transport, "aiohttp_session", None)
+    return None if owner is None else owner()
+
+
+async def asend(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    content: bytes | None,
+    headers: Mapping[str, str],
+    timeout: httpx.Timeout,
+    trace: Any,
+) -> AiohttpReply:
+    """Send one request on ``session``; the reply once its headers arrived.
+
+    Args:
+        session: The loop's session (:func:`direct_session`).
+        method: The HTTP method.
+        url: The absolute URL.
+        content: The body, or None.
+        headers: The request headers.
+        timeout: httpx's timeouts: ``connect`` bounds the TCP connect, ``read`` each
+            read, ``pool`` the wait for a connection (with its opening), as
+            ``httpx_aiohttp`` maps them.
+        trace: The attempt's ``RequestTrace`` (told of connection and header events).
+
+    Raises:
+        httpx.TransportError: The request failed (:func:`httpx_error`).
+    """
+    try:
+        response = await session.request(
+            method, url, data=content, headers=headers, allow_redirects=False,
+            timeout=_client_timeout(timeout), trace_request_ctx=trace,
+        )  # fmt: skip
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        mapped = httpx_error(exc)
+        if mapped is None:
+            raise
+        raise mapped from exc
+    return AiohttpReply(response)
+
+
+_TIMEOUTS: dict[tuple[float | None, float | None, float | None], aiohttp.ClientTimeout] = {}
+
+
+def _client_timeout(timeout: httpx.Timeout) -> aiohttp.ClientTimeout:
+    """Aiohttp's timeouts for httpx's (built once per distinct value)."""
+    key = (timeout.connect, timeout.read, timeout.pool)
+    found = _TIMEOUTS.get(key)
+    if found is None:
+        found = aiohttp.ClientTimeout(
+            total=None, sock_connect=timeout.connect, sock_read=timeout.read, connect=timeout.pool
+        )
+        if len(_TIMEOUTS) < 64:
+            _TIMEOUTS[key] = found
+    return found
 
 
 class _MappedStream(httpx.AsyncByteStream):
@@ -149,7 +295,6 @@ def aiohttp_transport(
     Returns:
         The httpx transport.
     """
-    import aiohttp
     from httpx_aiohttp import AiohttpTransport
 
     limits = config.limits
@@ -168,6 +313,11 @@ def aiohttp_transport(
         return aiohttp.ClientSession(connector=connector, trace_configs=[trace])
 
     class Transport(AiohttpTransport):
+        def aiohttp_session(self) -> aiohttp.ClientSession:
+            if not isinstance(self.client, aiohttp.ClientSession):
+                self.client = self.get_client()
+            return self.client
+
         async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
             token = _CURRENT_TRACE.set(request.extensions.get("trace"))
             try:

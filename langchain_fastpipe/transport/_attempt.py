@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import httpx
 
@@ -52,11 +52,43 @@ from langchain_fastpipe.transport._retry import (
 )
 from langchain_fastpipe.transport._stats import EndpointStats, RequestTrace
 
-__all__ = ["AttemptSteps", "ResponseInfo", "decode_json_object", "encode_payload"]
+__all__ = ["AttemptSteps", "Reply", "ResponseInfo", "decode_json_object", "encode_payload"]
 
 _JSON_HEADERS: Final[Mapping[str, str]] = {"content-type": "application/json"}
 _ERROR_BODY_LIMIT: Final = 64 * 1024
 _MAX_CACHED_URLS: Final = 64  # parsed request URLs kept per pool (one per API path)
+
+
+class Reply(Protocol):
+    """What the pool reads of a reply: an ``httpx.Response``, or the aiohttp engine's own.
+
+    (:class:`~._aiohttp.AiohttpReply`, which skips httpx's response layer.)
+    """
+
+    @property
+    def status_code(self) -> int:
+        """The HTTP status."""
+
+    @property
+    def http_version(self) -> str:
+        """``"HTTP/1.1"`` or ``"HTTP/2"``."""
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """The response headers (case-insensitive)."""
+
+    @property
+    def is_stream_consumed(self) -> bool:
+        """Whether the body was already read (then only ``aiter_bytes`` replays it)."""
+
+    def aiter_raw(self) -> AsyncIterator[bytes]:
+        """The body as sent (content encoding kept)."""
+
+    def aiter_bytes(self) -> AsyncIterator[bytes]:
+        """The body, decoded."""
+
+    async def aclose(self) -> None:
+        """Release the connection (closed when the body was not read to its end)."""
 
 
 @dataclass
@@ -113,14 +145,14 @@ def _too_large(endpoint: str, limit: int) -> _AttemptError:
     return _AttemptError(error, retryable=False, breaker_failure=False, alive=True)
 
 
-def _declared_too_large(response: httpx.Response, limit: int) -> bool:
+def _declared_too_large(response: Reply, limit: int) -> bool:
     """Whether the Content-Length header already exceeds ``limit``."""
     declared = response.headers.get("content-length")
     return declared is not None and declared.isdigit() and int(declared) > limit
 
 
 def _status_failure(
-    response: httpx.Response,
+    response: Reply,
     body: bytes,
     endpoint: str,
     retry_statuses: frozenset[int],
@@ -154,7 +186,7 @@ class _BodyCap:
 
     __slots__ = ("_cap", "_chunks", "_endpoint", "_size", "complete", "ok")
 
-    def __init__(self, response: httpx.Response, limit: int, endpoint: str) -> None:
+    def __init__(self, response: Reply, limit: int, endpoint: str) -> None:
         self.ok = response.status_code < 400
         self._cap = limit if self.ok else _ERROR_BODY_LIMIT
         self._endpoint = endpoint
@@ -239,7 +271,7 @@ class _Call:
 class _OpenStream:
     """A streamed response whose headers (and first chunk, if any) have arrived."""
 
-    response: httpx.Response
+    response: Reply
     chunks: Any  # the response's (async) byte iterator, already started
     first: bytes | None
 
@@ -335,7 +367,7 @@ class _Accounting:
             stats.latency.record(time.perf_counter() - self._call.start)
 
 
-def _identity(response: httpx.Response) -> bool:
+def _identity(response: Reply) -> bool:
     """Whether the body can be read raw: not content-encoded and not already read."""
     if response.is_stream_consumed:
         return False  # e.g. a MockTransport reply built from ``content=``
@@ -466,7 +498,7 @@ class AttemptSteps:
         self.stats.count_request()
         return RequestTrace(self.stats)
 
-    def on_headers(self, response: httpx.Response, call: _Call, trace: RequestTrace) -> _BodyCap:
+    def on_headers(self, response: Reply, call: _Call, trace: RequestTrace) -> _BodyCap:
         """Record what the response headers tell (info, stats); the body's collector."""
         trace.finish()
         elapsed = time.perf_counter() - call.start
@@ -478,13 +510,13 @@ class AttemptSteps:
         self.stats.count_version(response.http_version)
         return _BodyCap(response, self.config.max_response_bytes, self.endpoint)
 
-    def status(self, response: httpx.Response, call: _Call, cap: _BodyCap) -> _AttemptError:
+    def status(self, response: Reply, call: _Call, cap: _BodyCap) -> _AttemptError:
         """The failure of a non-2xx reply whose (capped) body was collected in ``cap``."""
         return _status_failure(
             response, cap.body(), self.endpoint, self.config.retry.retry_statuses, call.secrets
         )
 
-    def body(self, response: httpx.Response, call: _Call, cap: _BodyCap) -> bytes:
+    def body(self, response: Reply, call: _Call, cap: _BodyCap) -> bytes:
         """The whole body of a 2xx reply; raises the failure of any other."""
         if call.info.time_to_first_byte is None:
             call.info.time_to_first_byte = time.perf_counter() - call.start

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +55,16 @@ def _h2() -> ModuleType:
     return _h2
 
 
+def _mark_aiohttp_closed(client: httpx.AsyncClient) -> None:
+    """:func:`~._aiohttp.mark_aiohttp_closed`, if an aiohttp-engine client was ever built.
+
+    (Without one, no client has an aiohttp session, and aiohttp is not imported for it.)
+    """
+    module = sys.modules.get("langchain_fastpipe.transport._aiohttp")
+    if module is not None:
+        module.mark_aiohttp_closed(client)
+
+
 def abort_client(client: httpx.AsyncClient) -> None:
     """Close the sockets of ``client``, whose event loop is closed (no await possible).
 
@@ -61,9 +72,7 @@ def abort_client(client: httpx.AsyncClient) -> None:
     not warn "Unclosed client session" / "Unclosed connector" when collected.
     """
     _h2().abort_dead_loop_client(client)
-    from langchain_fastpipe.transport._aiohttp import mark_aiohttp_closed
-
-    mark_aiohttp_closed(client)
+    _mark_aiohttp_closed(client)
 
 
 def _abort_on_running_loop(loop: asyncio.AbstractEventLoop, client: httpx.AsyncClient) -> None:
@@ -73,15 +82,13 @@ def _abort_on_running_loop(loop: asyncio.AbstractEventLoop, client: httpx.AsyncC
     thread it is handed to the loop. An aiohttp-engine client's session and connector are
     marked closed too, so they do not warn when collected.
     """
-    from langchain_fastpipe.transport._aiohttp import mark_aiohttp_closed
-
     raws = _h2()._socket_transports(client)
 
     def abort() -> None:
         for raw in raws:
             with contextlib.suppress(Exception):
                 raw.abort()
-        mark_aiohttp_closed(client)
+        _mark_aiohttp_closed(client)
 
     try:
         running = asyncio.get_running_loop()

@@ -30,7 +30,7 @@ import random
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import httpx
 
@@ -39,6 +39,7 @@ from langchain_fastpipe.errors import ConfigError, TransportError
 from langchain_fastpipe.transport._admission import AdmissionGates
 from langchain_fastpipe.transport._attempt import (
     AttemptSteps,
+    Reply,
     ResponseInfo,
     _AttemptError,
     _Call,
@@ -61,18 +62,27 @@ __all__ = ["PooledClient", "ResponseInfo", "aclose_pools", "get_pool"]
 T = TypeVar("T")
 
 
-async def _aclose_response(response: httpx.Response, chunks: Any = None) -> None:
-    """:func:`~._h2.aclose_response` (a stream was opened, so the module is loaded)."""
-    from langchain_fastpipe.transport._h2 import aclose_response
+async def _aclose_response(response: Reply, chunks: Any = None) -> None:
+    """Close a streamed reply and its started byte iterator ``chunks``, if any.
 
-    await aclose_response(response, chunks)
+    httpx's through :func:`~._h2.aclose_response` (an HTTP/2 stream closed early is
+    reset there).
+    """
+    if isinstance(response, httpx.Response):
+        from langchain_fastpipe.transport._h2 import aclose_response
+
+        await aclose_response(response, chunks)
+        return
+    if chunks is not None:
+        await chunks.aclose()
+    await response.aclose()
 
 
-def _close_response(response: httpx.Response, chunks: Any = None) -> None:
-    """:func:`~._h2.close_response`."""
+def _close_response(response: Reply, chunks: Any = None) -> None:
+    """:func:`~._h2.close_response` (sync calls are always httpx's)."""
     from langchain_fastpipe.transport._h2 import close_response
 
-    close_response(response, chunks)
+    close_response(cast(httpx.Response, response), chunks)
 
 
 class PooledClient:
@@ -127,6 +137,10 @@ class PooledClient:
         self._gates = AdmissionGates(self._steps)
         self._clients = LoopClients(
             config, timeout, transport=transport, async_transport=async_transport
+        )
+        # Async calls on the aiohttp engine skip httpx's request/response layer.
+        self._direct = async_transport is None and (
+            config.pooling and config.async_engine == "aiohttp"
         )
         # Dropped (nothing holds the pool): its connections are closed, without awaiting.
         weakref.finalize(self, self._clients.abandon)
@@ -319,6 +333,23 @@ class PooledClient:
                 owned = None
             return result, owned
 
+    async def _asend(self, client: httpx.AsyncClient, call: _Call, trace: RequestTrace) -> Reply:
+        """Send one attempt of ``call`` and return its reply once the headers arrived.
+
+        On the aiohttp engine straight on the loop's aiohttp session
+        (:func:`~._aiohttp.asend`); otherwise through ``client`` (httpx).
+        """
+        if self._direct:
+            from langchain_fastpipe.transport import _aiohttp
+
+            session = _aiohttp.direct_session(client)
+            if session is not None:
+                return await _aiohttp.asend(
+                    session, call.method, str(call.url), call.content, call.headers,
+                    call.timeout or client.timeout, trace,
+                )  # fmt: skip
+        return await client.send(self._steps.build(client, call, trace.atrace), stream=True)
+
     # -- JSON requests ------------------------------------------------------------------
 
     async def _arequest_json(
@@ -336,7 +367,7 @@ class PooledClient:
         call = self._steps.prepare(method, path, content, headers, timeout, model=model)
 
         async def op(client: httpx.AsyncClient, trace: RequestTrace) -> bytes:
-            response = await client.send(self._steps.build(client, call, trace.atrace), stream=True)
+            response = await self._asend(client, call, trace)
             try:
                 cap = self._steps.on_headers(response, call, trace)
                 async for chunk in response.aiter_bytes():
@@ -515,7 +546,7 @@ class PooledClient:
         )
 
         async def op(client: httpx.AsyncClient, trace: RequestTrace) -> _OpenStream:
-            response = await client.send(self._steps.build(client, call, trace.atrace), stream=True)
+            response = await self._asend(client, call, trace)
             try:
                 cap = self._steps.on_headers(response, call, trace)
                 if not cap.ok:

@@ -138,3 +138,29 @@ def test_engine_is_validated() -> None:
         EndpointConfig(base_url="http://127.0.0.1:1", engine="curl")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"HTTP/1\.1 only"):
         EndpointConfig(base_url="http://127.0.0.1:1", engine="aiohttp", http2_prior_knowledge=True)
+
+
+async def test_pool_calls_skip_the_httpx_layer(emulator: EmulatorServer) -> None:
+    """Streams and JSON calls go straight to aiohttp: httpx's transport never sees them."""
+    pool = aio_pool(emulator)
+    try:
+        transport = pool._clients.aclient()._transport
+        seen: list[str] = []
+        original = transport.handle_async_request
+
+        async def spy(request):  # type: ignore[no-untyped-def]
+            seen.append(str(request.url))
+            return await original(request)
+
+        transport.handle_async_request = spy  # type: ignore[method-assign]
+        body = b"".join([c async for c in pool.astream(CHAT, chat(stream=True))])
+        assert body.endswith(b"data: [DONE]\n\n")
+        data, info = await pool.apost_json(CHAT, chat())
+        assert data["choices"]
+        assert info.http_version == "HTTP/1.1"
+        assert seen == []
+        await pool.awarm(1)  # warm-ups still use the httpx client
+        assert len(seen) == 1
+    finally:
+        await pool.aclose()
+
