@@ -207,7 +207,7 @@ class PerformanceOptimizations(_Section):
     """Read timeout of one API call."""
     http2: bool = True
     """Negotiate HTTP/2 (ALPN over TLS); falls back to HTTP/1.1."""
-    max_connections: int = Field(100, ge=1, le=1000)
+    max_connections: int = Field(256, ge=1, le=1000)
     """Connections open at once per endpoint; raised to ``connection_pool_size`` if lower."""
     connect_timeout_seconds: float = Field(5.0, gt=0, le=3600)
     """Time allowed to open one connection (TCP, TLS and HTTP/2 handshakes)."""

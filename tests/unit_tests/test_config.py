@@ -25,7 +25,7 @@ from langchain_fastpipe.config import (
     set_config,
 )
 from langchain_fastpipe.errors import ConfigError
-from langchain_fastpipe.transport import EndpointConfig
+from langchain_fastpipe.transport import EndpointConfig, PoolLimits
 
 DOCUMENTED = {
     "performance_optimizations": {
@@ -769,7 +769,7 @@ def test_endpoint_config_builds_the_transport_config() -> None:
     assert isinstance(ep, EndpointConfig)
     assert ep.pooling is False
     assert ep.limits.max_keepalive_connections == 7
-    assert ep.limits.max_connections == 100
+    assert ep.limits.max_connections == PoolLimits().max_connections  # the declared default
     assert ep.retry.max_retries == 2
     assert ep.verify is False
     hash(ep)  # the shared pool's key

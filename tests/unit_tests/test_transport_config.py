@@ -40,7 +40,7 @@ def test_all_is_sorted_and_exported() -> None:
 def test_defaults_match_contract() -> None:
     cfg = EndpointConfig(base_url="http://127.0.0.1:8000/v1")
     assert cfg.limits == PoolLimits(
-        max_keepalive_connections=20, max_connections=100, keepalive_expiry=30.0
+        max_keepalive_connections=20, max_connections=256, keepalive_expiry=30.0
     )
     assert cfg.retry.max_retries == 2
     assert cfg.retry.retry_statuses == frozenset({408, 409, 429, 500, 502, 503, 504})
