@@ -1,13 +1,23 @@
 """The process's runtime state in one object, created at its first use.
 
-:func:`runtime` returns the one :class:`Runtime`: the metrics registry every layer reports
-into, the default preloader (built when first asked for, with the models named in
-``FASTPIPE_PRELOAD`` recorded in it), and the pooled clients (one per endpoint
-configuration, kept while something holds them) with their ``"pools"`` statistics
-source. Creating it starts
-nothing: no thread, no task, no socket. Warm-ups run where the application starts
-(``fastpipe_lifespan``, ``preload()``, ``preload_sync()``), or, for models built with
-``preload=True``, at their first call when nothing started them
+:func:`runtime` returns the one :class:`Runtime`, which owns every piece of process-wide
+mutable state of the package:
+
+* the metrics registry behind ``get_stats()`` and Prometheus, with its four sources
+  (``"pools"``, ``"streams"``, ``"strategies"``, ``"preload"``) registered when the runtime
+  is created;
+* the pooled clients (one per endpoint configuration, kept while something holds them);
+* the stream statistics (what ``streaming.default_collector`` reads and writes), the
+  warm-up statistics and the live ``RankedFallbacks`` instances;
+* the default preloader (built when first asked for, with the models named in
+  ``FASTPIPE_PRELOAD`` recorded in it).
+
+Importing a module of the package registers nothing and creates none of this; each part
+is built at its first use, so a test can swap the whole runtime (``_runtime._RUNTIME``) or
+one part (``runtime()._stream_stats``, ``runtime()._preloader`` ...) with ``monkeypatch``.
+Creating it starts nothing: no thread, no task, no socket. Warm-ups run where the
+application starts (``fastpipe_lifespan``, ``preload()``, ``preload_sync()``), or, for
+models built with ``preload=True``, at their first call when nothing started them
 (:meth:`Runtime.warm_pending`).
 """
 
@@ -23,6 +33,8 @@ from langchain_fastpipe._metrics import StatsRegistry
 
 if TYPE_CHECKING:
     from langchain_fastpipe.preload import ModelPreloader
+    from langchain_fastpipe.preload._preloader import PreloadStats
+    from langchain_fastpipe.streaming import StreamStatsCollector
 
 __all__ = ["Runtime", "runtime"]
 
@@ -39,29 +51,50 @@ class _Pool(Protocol):
         ...
 
 
+class _Ranked(Protocol):
+    """What the runtime needs of a ranked fallbacks (``pipeline.RankedFallbacks``)."""
+
+    def get_name(self) -> str:
+        """The name it is listed under."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """Its in-process counters (JSON-serializable)."""
+        ...
+
+
 P = TypeVar("P", bound=_Pool)
 
 
 class Runtime:
-    """The pools, metrics and the default preloader of this process.
+    """The pools, metrics, statistics and the default preloader of this process.
 
     Pools are kept weakly: one per configuration while something (a ``ChatFastpipe``, a
     caller of ``get_pool``) holds it; a pool nothing holds is dropped and closes its
-    connections (its own finalizer).
+    connections (its own finalizer). Ranked fallbacks are kept weakly too. The stream and
+    warm-up statistics and the default preloader are built at their first use.
 
     Attributes:
         metrics: The registry of statistics sources behind ``get_stats()`` and Prometheus.
     """
 
     def __init__(self) -> None:
-        """Create an empty runtime: no pool, no preloader yet, the ``"pools"`` source."""
+        """Create an empty runtime with its four statistics sources (nothing built yet)."""
         self.metrics = StatsRegistry()
         self._preloader: ModelPreloader | None = None
+        self._stream_stats: StreamStatsCollector | None = None
+        self._preload_stats: PreloadStats | None = None
         self._lock = threading.Lock()
         self._pools_lock = threading.Lock()
         self._pools: weakref.WeakValueDictionary[Hashable, Any] = weakref.WeakValueDictionary()
         self._live: weakref.WeakSet[Any] = weakref.WeakSet()
+        # RankedFallbacks are pydantic models, not hashable: kept by id, dropped by their
+        # weak reference's callback; the value's int is the id of the counters it shares.
+        self._ranked: dict[int, tuple[weakref.ref[Any], int]] = {}
         self.metrics.register("pools", self.pools)
+        self.metrics.register("streams", lambda: self.stream_stats.snapshot())
+        self.metrics.register("strategies", self.strategies)
+        self.metrics.register("preload", lambda: self.preload_stats.snapshot())
 
     def pool(self, config: Hashable, create: Callable[[Any], P]) -> P:
         """The live pool of ``config``, or a new one from ``create(config)``.
@@ -103,6 +136,70 @@ class Runtime:
                     register_from_env(self._preloader)
                 preloader = self._preloader
         return preloader
+
+    @property
+    def stream_stats(self) -> StreamStatsCollector:
+        """The per-model stream statistics (``"streams"``; ``streaming.default_collector``)."""
+        collector = self._stream_stats
+        if collector is None:
+            from langchain_fastpipe.streaming import StreamStatsCollector
+
+            with self._lock:
+                if self._stream_stats is None:
+                    self._stream_stats = StreamStatsCollector()
+                collector = self._stream_stats
+        return collector
+
+    @property
+    def preload_stats(self) -> PreloadStats:
+        """The counters of every warm-up of every preloader (``"preload"``)."""
+        stats = self._preload_stats
+        if stats is None:
+            from langchain_fastpipe.preload._preloader import PreloadStats
+
+            with self._lock:
+                if self._preload_stats is None:
+                    self._preload_stats = PreloadStats()
+                stats = self._preload_stats
+        return stats
+
+    def track_ranked(self, instance: _Ranked, shared: object) -> None:
+        """List ``instance`` in the ``"strategies"`` statistics while it lives (weakly).
+
+        Args:
+            instance: A ``RankedFallbacks``.
+            shared: The counters it shares with the instances derived from it
+                (``bind_tools`` ...): instances sharing them are listed once.
+        """
+        key = id(instance)
+        ranked = self._ranked
+
+        def forget(ref: weakref.ref[Any]) -> None:
+            if ranked.get(key, (None, 0))[0] is ref:
+                ranked.pop(key, None)
+
+        ranked[key] = (weakref.ref(instance, forget), id(shared))
+
+    def strategies(self) -> dict[str, Any]:
+        """``{name: stats}`` of every live ranked fallbacks (the ``"strategies"`` source).
+
+        Repeated names get ``"<name>#2"``, ...; instances derived by a forwarded method
+        (``bind_tools`` ...) share their origin's counters and are listed once.
+        """
+        out: dict[str, Any] = {}
+        seen: set[int] = set()
+        for ref, shared in list(self._ranked.values()):
+            instance = ref()
+            if instance is None or shared in seen:
+                continue
+            seen.add(shared)
+            name = instance.get_name()
+            key, n = name, 2
+            while key in out:
+                key = f"{name}#{n}"
+                n += 1
+            out[key] = instance.stats()
+        return out
 
     def pools(self) -> dict[str, Any]:
         """``{endpoint: stats}`` of every live pool (the ``"pools"`` statistics source).

@@ -1,11 +1,14 @@
 """Counters and histograms that every layer reports into, and :func:`get_stats`.
 
-A component that has statistics registers a *source* on ``registry`` (the runtime's
-:class:`~langchain_fastpipe._metrics.StatsRegistry`): a name and a zero-argument callable
+The snapshot is made of *sources* in the runtime's
+:class:`~langchain_fastpipe._metrics.StatsRegistry`: a name and a zero-argument callable
 returning a :class:`~langchain_fastpipe._metrics.Node`, a JSON dict whose numbers belong to
-metric families declared once in ``_metrics``. :func:`get_stats` calls every source and
-returns one snapshot. Sources hold their own numbers; nothing here is on a hot path
-except :meth:`Histogram.record`, which is a bisect and two additions.
+metric families declared once in ``_metrics``. The runtime registers the package's four
+sources (``"pools"``, ``"streams"``, ``"strategies"``, ``"preload"``) when it is created,
+and owns the state behind them; importing a module registers nothing. ``registry`` adds
+other sources. :func:`get_stats` calls every source and returns one snapshot. Sources hold
+their own numbers; nothing here is on a hot path except :meth:`Histogram.record`, which is
+a bisect and two additions.
 
 The public name is :func:`get_stats`; the registry, :class:`Histogram` and
 :func:`quantile` are what the package's layers report with.
@@ -149,15 +152,15 @@ def _registry() -> StatsRegistry:
     return runtime().metrics
 
 
-#: Where the package's layers register their statistics sources: the runtime's registry.
+#: A handle on the runtime's registry of statistics sources (it holds no state itself).
 registry = _RuntimeRegistry()
 
 
 def get_stats() -> dict[str, Any]:
     """One JSON-serializable snapshot of every statistic the package keeps.
 
-    Keys are the registered sources: ``"pools"``, ``"streams"``, ``"strategies"`` and
-    ``"preload"``. Every number in it is declared once, with its type, help and labels,
+    Keys are the runtime's sources, always present: ``"pools"``, ``"streams"``,
+    ``"strategies"`` and ``"preload"`` (plus any added on ``registry``). Every number in it is declared once, with its type, help and labels,
     in ``langchain_fastpipe._metrics``; ``langchain_fastpipe.prometheus`` renders the same
     snapshot in the Prometheus text format.
     """

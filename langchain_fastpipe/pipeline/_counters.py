@@ -1,16 +1,14 @@
-"""In-process counters of every strategy, and the ``strategies`` stats source."""
+"""In-process counters of one strategy.
+
+The ``"strategies"`` statistics source, which lists every live ``RankedFallbacks``, is the
+runtime's (``Runtime.strategies``; instances are listed by ``Runtime.track_ranked``).
+"""
 
 from __future__ import annotations
-
-import weakref
-from typing import TYPE_CHECKING, Any
 
 from langchain_fastpipe import _metrics as m
 from langchain_fastpipe._metrics import Node
 from langchain_fastpipe.stats import Histogram
-
-if TYPE_CHECKING:
-    from langchain_fastpipe.pipeline._ranked import RankedFallbacks
 
 
 class _StrategyCounters:
@@ -44,28 +42,3 @@ class _StrategyCounters:
         node.put(m.STRATEGY_LATENCY, self.latency)
         node.put(m.STRATEGY_TTFC, self.ttfc)
         return node
-
-
-_INSTANCES: dict[int, weakref.ref[RankedFallbacks[Any, Any]]] = {}
-
-
-def _registry_source() -> dict[str, Any]:
-    """Statistics of every live RankedFallbacks, by name (``#n`` added to repeats).
-
-    Instances derived by a forwarded method (``bind_tools`` ...) share their origin's
-    counters and are listed once.
-    """
-    out: dict[str, Any] = {}
-    seen: set[int] = set()
-    for ref in list(_INSTANCES.values()):
-        instance = ref()
-        if instance is None or id(instance._counters) in seen:
-            continue
-        seen.add(id(instance._counters))
-        key = instance.get_name()
-        n = 2
-        while key in out:
-            key = f"{instance.get_name()}#{n}"
-            n += 1
-        out[key] = instance.stats()
-    return out

@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import (
     AsyncGenerator,
@@ -67,6 +66,7 @@ from typing_extensions import override
 
 from langchain_fastpipe import _metrics as m
 from langchain_fastpipe._metrics import Node
+from langchain_fastpipe._runtime import runtime
 from langchain_fastpipe.errors import (
     AllStrategiesFailedError,
     ConfigError,
@@ -87,7 +87,7 @@ from langchain_fastpipe.pipeline._attempts import (
     check_output,
     failure_reason,
 )
-from langchain_fastpipe.pipeline._counters import _INSTANCES, _registry_source, _StrategyCounters
+from langchain_fastpipe.pipeline._counters import _StrategyCounters
 from langchain_fastpipe.pipeline._forwarding import apply_to_strategies
 from langchain_fastpipe.pipeline._policy import (
     FixedOrderPolicy,
@@ -97,7 +97,6 @@ from langchain_fastpipe.pipeline._policy import (
     ThompsonPolicy,
 )
 from langchain_fastpipe.pipeline._store import MemoryStore, Outcome, StatsStore, StrategyStats
-from langchain_fastpipe.stats import registry
 
 __all__ = [
     "RankedFallbacks",
@@ -226,10 +225,8 @@ class RankedFallbacks(RunnableSerializable[Input, Output]):
         self._register()
 
     def _register(self) -> None:
-        """List this instance in the ``strategies`` section of the stats registry."""
-        key = id(self)
-        _INSTANCES[key] = weakref.ref(self, lambda _ref: _INSTANCES.pop(key, None))
-        registry.register("strategies", _registry_source)
+        """List this instance in the runtime's ``strategies`` statistics while it lives."""
+        runtime().track_ranked(self, self._counters)
 
     # -- chat-model methods applied to every strategy ----------------------------------
 

@@ -32,15 +32,18 @@ starts:
 * ``await preload()`` or ``preload_sync()`` at startup;
 * ``FastAPI(lifespan=fastpipe_lifespan)`` (any ASGI framework with lifespan support);
 * models registered by ``ChatFastpipe(..., preload=True)`` or by the ``FASTPIPE_PRELOAD``
-  environment variable (read when the default preloader is created, at the import of
-  this module at the latest), e.g.
+  environment variable (read when the default preloader is created, at its first use),
+  e.g.
   ``FASTPIPE_PRELOAD="ollama:llama3@http://127.0.0.1:11434,openai:gpt-4o-mini"``, are
   warmed by those; when nothing did, the first call of a ``preload=True`` model starts
   the warm-ups of every model not yet warmed, in the background
   (:meth:`ModelPreloader.warm_pending`).
 
-Importing this module starts nothing (no thread, no task, no socket).
+Importing this module starts nothing (no thread, no task, no socket) and creates nothing:
+the default preloader is the runtime's, built when first asked for.
 """
+
+from typing import Any
 
 from langchain_fastpipe._runtime import runtime
 from langchain_fastpipe.preload._lifespan import (
@@ -77,7 +80,16 @@ __all__ = [
     "register",
 ]
 
-#: The default preloader: the runtime's (``FASTPIPE_PRELOAD`` and ``preload=True`` models).
+#: The default preloader: the runtime's (``FASTPIPE_PRELOAD`` and ``preload=True`` models),
+#: built at its first use (``runtime().preloader``, looked up by ``__getattr__`` below).
 #: Creating it records the ``FASTPIPE_PRELOAD`` models (invalid entries are logged and
 #: skipped); nothing is contacted until a warm-up runs.
-default_preloader: ModelPreloader = runtime().preloader
+default_preloader: ModelPreloader
+
+
+def __getattr__(name: str) -> Any:
+    """``default_preloader``: the runtime's preloader, built at the first access (PEP 562)."""
+    if name == "default_preloader":
+        return runtime().preloader
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)

@@ -18,6 +18,7 @@ from langchain_core.runnables import Runnable
 
 from langchain_fastpipe import _metrics as m
 from langchain_fastpipe._metrics import Node
+from langchain_fastpipe._runtime import runtime
 from langchain_fastpipe.chat_models import ChatFastpipe
 from langchain_fastpipe.errors import PreloadError
 from langchain_fastpipe.preload._prompt import PromptLike, _model_of_chain, warmup_messages
@@ -32,7 +33,7 @@ from langchain_fastpipe.preload._warm import (
     _LazyChat,
     _spec_chat,
 )
-from langchain_fastpipe.stats import Histogram, registry
+from langchain_fastpipe.stats import Histogram
 from langchain_fastpipe.transport import aclose_pools
 
 if TYPE_CHECKING:
@@ -99,8 +100,12 @@ def _raise_if_asked(results: Sequence[PreloadResult], raise_on_error: bool) -> N
 
 
 # --------------------------------------------------------------------------- stats
-class _PreloadStats:
-    """Counters of every warm-up, reported as the ``"preload"`` stats source."""
+class PreloadStats:
+    """Counters of every warm-up, reported as the ``"preload"`` stats source.
+
+    The runtime owns the one instance (``runtime().preload_stats``), built at its first use;
+    every preloader records into it.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -135,9 +140,6 @@ class _PreloadStats:
                 entry.put(m.PRELOAD_STATUS, last["status"])
                 entry.put(m.PRELOAD_MODEL_SECONDS, last["seconds"])
         return node
-
-
-_stats = _PreloadStats()
 
 
 # --------------------------------------------------------------------------- the preloader
@@ -404,7 +406,7 @@ class ModelPreloader:
         if not result.ok:
             logger.warning("preload of %s %s: %s", entry.name, status.value, error)
         self.results[entry.name] = result
-        _stats.record(result)
+        runtime().preload_stats.record(result)
         return result
 
     async def preload(
@@ -555,7 +557,7 @@ class ModelPreloader:
         assert interval is not None  # noqa: S101 - guaranteed by start_refresh
         while True:
             await self._sleep(interval)
-            _stats.count_refresh()
+            runtime().preload_stats.count_refresh()
             await self._warm_one(entry, None)
 
     async def stop_refresh(self) -> None:
@@ -602,6 +604,3 @@ class ModelPreloader:
                 with contextlib.suppress(Exception):
                     await stop()
             entry.started_server = False
-
-
-registry.register("preload", _stats.snapshot)

@@ -1,4 +1,9 @@
-"""Stream statistics: one stream's :class:`StreamStats` and the per-model collector."""
+"""Stream statistics: one stream's :class:`StreamStats` and the per-model collector.
+
+The package-wide collector belongs to the runtime (``runtime().stream_stats``, the
+``"streams"`` statistics source), built at its first use; :data:`default_collector` is a
+stateless handle on it, so importing this module creates and registers nothing.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,8 @@ from typing import Any, Literal
 
 from langchain_fastpipe import _metrics as m
 from langchain_fastpipe._metrics import Node
-from langchain_fastpipe.stats import Histogram, registry
+from langchain_fastpipe._runtime import runtime
+from langchain_fastpipe.stats import Histogram
 
 __all__ = ["Clock", "StreamOutcome", "StreamStats", "StreamStatsCollector", "default_collector"]
 
@@ -176,6 +182,36 @@ class StreamStatsCollector:
             self._models.clear()
 
 
-#: The package-wide collector, registered as ``"streams"`` in the package stats registry.
-default_collector = StreamStatsCollector()
-registry.register("streams", default_collector.snapshot)
+class _RuntimeCollector(StreamStatsCollector):
+    """The runtime's collector, looked up at each use (``runtime().stream_stats``).
+
+    Holds no state of its own: every call goes to the collector the runtime owns, which
+    is built at the first one.
+    """
+
+    def __init__(self) -> None:
+        """Nothing of its own to create (no lock, no models)."""
+
+    def record(self, stats: StreamStats) -> None:
+        """Add one finished stream to its model's aggregate."""
+        runtime().stream_stats.record(stats)
+
+    def record_ttft(self, model: str, seconds: float) -> None:
+        """Add one time-to-first-token observation."""
+        runtime().stream_stats.record_ttft(model, seconds)
+
+    def snapshot(self) -> Node:
+        """The runtime's ``{"streams": total, "models": {model: aggregate}}``."""
+        return runtime().stream_stats.snapshot()
+
+    def reset(self) -> None:
+        """Forget everything the runtime's collector recorded so far."""
+        runtime().stream_stats.reset()
+
+    def __repr__(self) -> str:
+        return "default_collector"
+
+
+#: The package-wide collector, the ``"streams"`` statistics source: a handle on the
+#: runtime's collector (``runtime().stream_stats``), which is built at its first use.
+default_collector: StreamStatsCollector = _RuntimeCollector()
