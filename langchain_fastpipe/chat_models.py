@@ -58,17 +58,48 @@ from langchain_fastpipe.providers._base import (
     env_base_url,
 )
 from langchain_fastpipe.providers._convert import convert_tools, tool_choice_to_openai
-from langchain_fastpipe.transport import EndpointConfig, PooledClient, ResponseInfo, get_pool
-from langchain_fastpipe.transport._config import Engine, build_endpoint_config, knob, knob_paths
+from langchain_fastpipe.transport._config import (
+    EndpointConfig,
+    Engine,
+    build_endpoint_config,
+    knob,
+    knob_paths,
+)
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
     from langchain_fastpipe.config import FastpipeConfig
+    from langchain_fastpipe.transport._pool import PooledClient, ResponseInfo
 
 __all__ = ["ChatFastpipe", "set_preload_hook"]
 
 logger = logging.getLogger(__name__)
+
+
+# The pool and its request machinery are imported when the first pool is created: at
+# import they would allocate ~1,600 more objects for the garbage collector to track, enough
+# to set off a full collection of the whole langchain heap (~50 ms).
+
+
+def get_pool(config: EndpointConfig) -> PooledClient:
+    """The shared pooled client of ``config`` (:func:`langchain_fastpipe.transport.get_pool`)."""
+    from langchain_fastpipe.transport._pool import get_pool as shared_pool
+
+    return shared_pool(config)
+
+
+def _first_response_info() -> ResponseInfo:
+    """A ResponseInfo; the first call imports the class and puts it in this one's place."""
+    global _response_info
+    from langchain_fastpipe.transport._pool import ResponseInfo
+
+    _response_info = ResponseInfo
+    return ResponseInfo()
+
+
+#: Makes the ResponseInfo of a stream: the class itself after the first call.
+_response_info: Callable[[], ResponseInfo] = _first_response_info
 
 
 def _register_with_runtime(model: ChatFastpipe) -> None:
@@ -560,7 +591,7 @@ class ChatFastpipe(BaseChatModel):
         payload = self._payload(messages, stop, kwargs, stream=True)
         pool = self.pool
         logger.debug("stream %s model=%s at %s", self.provider, payload["model"], pool.endpoint)
-        info = ResponseInfo()
+        info = _response_info()
         core = _ChunkParser(self.provider_adapter.stream_parser(endpoint=pool.endpoint), info=info)
         source = pool.stream(
             self.provider_adapter.chat_path,
@@ -590,7 +621,7 @@ class ChatFastpipe(BaseChatModel):
         payload = self._payload(messages, stop, kwargs, stream=True)
         pool = self.pool
         logger.debug("stream %s model=%s at %s", self.provider, payload["model"], pool.endpoint)
-        info = ResponseInfo()
+        info = _response_info()
         core = _ChunkParser(self.provider_adapter.stream_parser(endpoint=pool.endpoint), info=info)
         source = pool.astream(
             self.provider_adapter.chat_path,

@@ -4,21 +4,39 @@
 :class:`OpenAIProvider` or :class:`OllamaProvider`); the chat model does the I/O. The
 decoders, tool conversions and environment lookups the chat model uses live in private
 modules.
+
+An adapter's module is imported when it is first asked for (by :func:`get_provider` or by
+name, PEP 562): importing the chat model needs only the provider names, and a program
+speaking one wire format never loads the other's.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from langchain_fastpipe.errors import ConfigError
 from langchain_fastpipe.providers._base import Provider, ProviderName
-from langchain_fastpipe.providers._ollama import OllamaProvider
-from langchain_fastpipe.providers._openai import OpenAIProvider
+
+if TYPE_CHECKING:
+    from langchain_fastpipe.providers._ollama import OllamaProvider
+    from langchain_fastpipe.providers._openai import OpenAIProvider
 
 __all__ = ["OllamaProvider", "OpenAIProvider", "Provider", "get_provider"]
 
 #: The provider names, in the order error messages list them.
 PROVIDERS: tuple[ProviderName, ...] = ("openai", "ollama")
 
-_INSTANCES: dict[str, Provider] = {"openai": OpenAIProvider(), "ollama": OllamaProvider()}
+#: Provider name -> (module, class) of its adapter.
+_ADAPTERS: dict[str, tuple[str, str]] = {
+    "openai": ("langchain_fastpipe.providers._openai", "OpenAIProvider"),
+    "ollama": ("langchain_fastpipe.providers._ollama", "OllamaProvider"),
+}
+#: Adapter class name -> its module, for ``providers.OpenAIProvider`` and the like.
+_CLASSES: dict[str, str] = {cls: module for module, cls in _ADAPTERS.values()}
+
+#: The shared adapter of each provider name asked for so far.
+_INSTANCES: dict[str, Provider] = {}
 
 
 def get_provider(name: str) -> Provider:
@@ -36,5 +54,27 @@ def get_provider(name: str) -> Provider:
     try:
         return _INSTANCES[name]
     except (KeyError, TypeError):
+        pass
+    try:
+        module, cls = _ADAPTERS[name]
+    except (KeyError, TypeError):
         msg = f"provider must be one of {', '.join(map(repr, PROVIDERS))}, got {name!r}"
         raise ConfigError(msg) from None
+    adapter: Provider = getattr(importlib.import_module(module), cls)()
+    return _INSTANCES.setdefault(name, adapter)  # one shared adapter, whichever thread won
+
+
+def __getattr__(name: str) -> Any:
+    """Import an adapter class's module on first use (submodules are not public names)."""
+    module = _CLASSES.get(name)
+    if module is None:
+        msg = f"module 'langchain_fastpipe.providers' has no attribute {name!r}"
+        raise AttributeError(msg)
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """The module's names, public ones included before their first use."""
+    return sorted({*globals(), *__all__})

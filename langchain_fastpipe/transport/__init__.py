@@ -12,18 +12,63 @@ Public names:
 
 Mechanics live in private modules (among them the per-endpoint counters behind
 ``PooledClient.stats()``, ``Retry-After`` parsing and URL redaction).
+
+Each public name's module is imported on first access (PEP 562): the chat model declares
+its fields from the configuration classes at import, while the pool, its breakers and
+request attempts (~1,600 objects for the garbage collector to track) wait for the first
+call.
 """
 
 from __future__ import annotations
 
-from langchain_fastpipe.transport._breaker import BreakerRegistry, CircuitBreaker
-from langchain_fastpipe.transport._config import (
-    BreakerPolicy,
-    EndpointConfig,
-    PoolLimits,
-    RetryPolicy,
-)
-from langchain_fastpipe.transport._pool import PooledClient, ResponseInfo, aclose_pools, get_pool
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from langchain_fastpipe.transport._breaker import BreakerRegistry, CircuitBreaker
+    from langchain_fastpipe.transport._config import (
+        BreakerPolicy,
+        EndpointConfig,
+        PoolLimits,
+        RetryPolicy,
+    )
+    from langchain_fastpipe.transport._pool import (
+        PooledClient,
+        ResponseInfo,
+        aclose_pools,
+        get_pool,
+    )
+
+#: Public name -> the private module that defines it, imported on first access.
+_EXPORTS: dict[str, str] = {
+    "BreakerPolicy": "langchain_fastpipe.transport._config",
+    "BreakerRegistry": "langchain_fastpipe.transport._breaker",
+    "CircuitBreaker": "langchain_fastpipe.transport._breaker",
+    "EndpointConfig": "langchain_fastpipe.transport._config",
+    "PoolLimits": "langchain_fastpipe.transport._config",
+    "PooledClient": "langchain_fastpipe.transport._pool",
+    "ResponseInfo": "langchain_fastpipe.transport._pool",
+    "RetryPolicy": "langchain_fastpipe.transport._config",
+    "aclose_pools": "langchain_fastpipe.transport._pool",
+    "get_pool": "langchain_fastpipe.transport._pool",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first use (submodules are not public names)."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        msg = f"module 'langchain_fastpipe.transport' has no attribute {name!r}"
+        raise AttributeError(msg)
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """The module's names, public ones included before their first use."""
+    return sorted({*globals(), *__all__})
+
 
 __all__ = [
     "BreakerPolicy",

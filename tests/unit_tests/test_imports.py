@@ -109,6 +109,73 @@ def test_importing_the_chat_model_loads_only_what_it_needs() -> None:
         assert f"langchain_fastpipe.transport.{lazy}" not in loaded, sorted(loaded)
 
 
+#: What the chat model needs only once a model is built or called, not at import: the
+#: provider adapters (one is loaded when a model of its provider is built), the pool and its
+#: request machinery, and the runtime and metrics behind them (at the first call).
+#: Importing them with the class allocated enough objects to set off a full garbage
+#: collection of the langchain heap (~50 ms).
+FIRST_CALL_MODULES = (
+    "langchain_fastpipe._metrics",
+    "langchain_fastpipe._runtime",
+    "langchain_fastpipe.providers._decoders",
+    "langchain_fastpipe.providers._fastchunk",
+    "langchain_fastpipe.providers._ollama",
+    "langchain_fastpipe.providers._openai",
+    "langchain_fastpipe.stats",
+    "langchain_fastpipe.transport._admission",
+    "langchain_fastpipe.transport._attempt",
+    "langchain_fastpipe.transport._breaker",
+    "langchain_fastpipe.transport._loops",
+    "langchain_fastpipe.transport._pool",
+    "langchain_fastpipe.transport._retry",
+    "langchain_fastpipe.transport._stats",
+)
+
+
+def _fastpipe_modules_after(code: str) -> set[str]:
+    """The ``langchain_fastpipe`` modules in ``sys.modules`` after ``code``, in a fresh process."""
+    code += (
+        "\nimport sys\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('langchain_fastpipe'))))\n"
+    )
+    out = subprocess.run(  # noqa: S603 - our interpreter, fixed code
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    return set(out.stdout.split())
+
+
+def test_importing_the_chat_model_leaves_the_pool_and_providers_for_the_first_call() -> None:
+    loaded = _fastpipe_modules_after("from langchain_fastpipe import ChatFastpipe")
+    assert "langchain_fastpipe.chat_models" in loaded
+    assert "langchain_fastpipe.transport._config" in loaded  # the fields are its knobs
+    early = sorted(loaded.intersection(FIRST_CALL_MODULES))
+    assert not early, early
+
+
+def test_building_a_model_loads_its_provider_only_and_no_pool() -> None:
+    loaded = _fastpipe_modules_after(
+        "from langchain_fastpipe import ChatFastpipe\n"
+        "ChatFastpipe(model='m', provider='ollama', base_url='http://127.0.0.1:9')"
+    )
+    assert "langchain_fastpipe.providers._ollama" in loaded
+    assert "langchain_fastpipe.providers._openai" not in loaded
+    assert "langchain_fastpipe.transport._pool" not in loaded
+
+
+@pytest.mark.parametrize(
+    "module_name", ["langchain_fastpipe.transport", "langchain_fastpipe.providers"]
+)
+def test_lazy_submodule_names_resolve_and_unknown_names_raise(module_name: str) -> None:
+    module = importlib.import_module(module_name)
+    assert set(module.__all__) <= set(dir(module))
+    for name in module.__all__:
+        obj = getattr(module, name)
+        assert getattr(module, name) is obj
+        assert obj.__module__.startswith(module_name), (name, obj.__module__)
+    with pytest.raises(AttributeError, match="NoSuchThing"):
+        module.NoSuchThing  # noqa: B018
+
+
 def _modules_after(statement: str) -> set[str]:
     """Top-level module names in ``sys.modules`` after ``statement``, in a fresh interpreter."""
     names = "{m.partition('.')[0] for m in sys.modules}"
