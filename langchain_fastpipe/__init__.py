@@ -8,10 +8,11 @@ mechanics live in private modules.
 from __future__ import annotations
 
 import importlib
-from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    __version__: str
+
     from langchain_fastpipe.chat_models import ChatFastpipe
     from langchain_fastpipe.config import (
         FastpipeConfig,
@@ -89,14 +90,19 @@ _EXPORTS: dict[str, str] = {
 def __getattr__(name: str) -> Any:
     """Import a public name's module on first use, so ``import langchain_fastpipe`` is cheap.
 
-    ``from langchain_fastpipe import ChatFastpipe`` loads the chat model and its transport,
-    not the pipeline, streaming, configuration or preloading modules.
+    ``from langchain_fastpipe import ChatFastpipe`` loads the chat model and the transport's
+    configuration classes, not the pool (imported at the first call), the pipeline,
+    streaming, configuration or preloading modules. ``__version__`` is read from the
+    package metadata on first use.
     """
-    module = _EXPORTS.get(name)
-    if module is None:
-        msg = f"module 'langchain_fastpipe' has no attribute {name!r}"
-        raise AttributeError(msg)
-    value = getattr(importlib.import_module(module), name)
+    if name == "__version__":
+        value: Any = _version()
+    else:
+        module = _EXPORTS.get(name)
+        if module is None:
+            msg = f"module 'langchain_fastpipe' has no attribute {name!r}"
+            raise AttributeError(msg)
+        value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
 
@@ -106,10 +112,18 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})
 
 
-try:
-    __version__ = metadata.version(__package__ or "langchain-fastpipe")
-except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
+def _version() -> str:
+    """The installed distribution's version (read on first access of ``__version__``).
+
+    Reading it searches ``sys.path`` for the package metadata: ~0.6 ms at import otherwise.
+    """
+    from importlib import metadata
+
+    try:
+        return metadata.version(__package__ or "langchain-fastpipe")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0.0.0"
+
 
 __all__ = [
     "AnswerPipeline",
