@@ -17,7 +17,10 @@ hits them alike); ratios are medians of the per-round ratios:
    (``time.process_time()`` of this process only) and the server's CPU per request and
    utilisation of its one core (a client is server-bound when that nears 100%). On a
    shared, busy machine req/s follows the scheduler more than the clients; the ratios of
-   client CPU per request (what one core would sustain) are shown beside them.
+   client CPU per request (what one core would sustain) are shown beside them, with the
+   part of it spent in the garbage collector (``gc.callbacks``): objects a request keeps
+   alive while hundreds are in flight get promoted, and the full collections that follow
+   scan the whole heap of the process (langchain-core's included).
 2. Sequential ``ainvoke`` (a JSON reply sent at once): latency per call, x raw httpx.
 3. Sequential streams: time to first token over raw httpx's (tokens 1 ms apart), and client
    CPU per streamed chunk: the CPU of a 100-token stream minus a 20-token one, per extra
@@ -271,6 +274,33 @@ def invoke_call(clients: Clients, name: str, *, model: str, tokens: int) -> Call
 # --- measurement ------------------------------------------------------------------------------
 
 
+class GcTimer:
+    """Client CPU spent in the garbage collector while active, and full collections run.
+
+    With hundreds of streams in flight, what each request keeps alive is promoted to the
+    oldest generation, whose collections scan the whole heap (langchain-core's included).
+    """
+
+    def __init__(self) -> None:
+        self.cpu = 0.0
+        self.full = 0
+        self._start = 0.0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._start = time.process_time()
+            return
+        self.cpu += time.process_time() - self._start
+        self.full += info["generation"] == 2
+
+    def __enter__(self) -> GcTimer:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+
 async def concurrent(
     call: Call, server: FastServer, *, concurrency: int, total: int
 ) -> dict[str, float]:
@@ -293,10 +323,11 @@ async def concurrent(
             chunks += got
 
     s0 = server.cpu()
-    c0, t0 = time.process_time(), time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    wall = time.perf_counter() - t0
-    cpu = time.process_time() - c0
+    with GcTimer() as gc_time:
+        c0, t0 = time.process_time(), time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+        cpu = time.process_time() - c0
     server_cpu = server.cpu() - s0
     done = max(1, len(latencies))
     return {
@@ -308,6 +339,8 @@ async def concurrent(
         "p95": p95(latencies),
         "errors": errors,
         "chunks": chunks / done,
+        "gc_ms": gc_time.cpu / done * 1000,
+        "full_gcs": gc_time.full,
     }
 
 
@@ -347,6 +380,7 @@ async def bench_streams(clients: Clients, server: FastServer, quick: bool) -> di
             r["x_aiohttp"],
             r["x_httpx"],
             r["cpu_ms"],
+            r["gc_ms"],
             f"{r['cpu_x_aiohttp256']:.2f} / {r['cpu_x_httpx']:.2f}",
             r["server_cpu_ms"],
             f"{r['client_util']:.0%} / {r['server_util']:.0%}",
@@ -360,7 +394,7 @@ async def bench_streams(clients: Clients, server: FastServer, quick: bool) -> di
         f"({total} requests per run, {rounds} rounds, medians)"
     )
     header = ["client", "req/s", "x aiohttp limit=256", "x aiohttp default", "x raw httpx",
-              "client CPU ms/req", "1/CPU x aiohttp limit=256 / x raw httpx",
+              "client CPU ms/req", "of which GC ms/req", "1/CPU x aiohttp limit=256 / x raw httpx",
               "server CPU ms/req", "CPU use client / server", "p95 ms", "errors"]  # fmt: skip
     return {"table": table(title, header, rows), "res": res}
 
