@@ -160,8 +160,9 @@ def get_stats() -> dict[str, Any]:
     """One JSON-serializable snapshot of every statistic the package keeps.
 
     Keys are the runtime's sources, always present: ``"pools"``, ``"streams"``,
-    ``"strategies"`` and ``"preload"`` (plus any added on ``registry``). Every number in it is declared once, with its type, help and labels,
-    in ``langchain_fastpipe._metrics``; ``langchain_fastpipe.prometheus`` renders the same
-    snapshot in the Prometheus text format.
+    ``"strategies"`` and ``"preload"`` (plus any added on ``registry``). Every number in it
+    is declared once, with its type, help and labels, in ``langchain_fastpipe._metrics``;
+    ``langchain_fastpipe.prometheus`` renders the same snapshot in the Prometheus text
+    format.
     """
     return _registry().snapshot()
