@@ -350,11 +350,16 @@ def paired(values: dict[str, list[float]], name: str, ref: str, *, diff: bool = 
     return median([a - b if diff else a / b for a, b in pairs if diff or b])
 
 
-async def bench_streams(clients: Clients, server: FastServer, quick: bool) -> dict[str, Any]:
+async def bench_streams(
+    clients: Clients, server: FastServer, quick: bool, *, freeze: bool = False
+) -> dict[str, Any]:
     rounds, total = (2, CONCURRENCY) if quick else (5, CONCURRENCY * 3)
     calls = {n: stream_call(clients, n, model=MODEL, tokens=TOKENS) for n in ORDER}
     for call in calls.values():  # warm: connections, imports, caches
         await concurrent(call, server, concurrency=64, total=128)
+    if freeze:  # what a server can do once started: later collections skip this heap
+        gc.collect()
+        gc.freeze()
     per: dict[str, list[dict[str, float]]] = {n: [] for n in ORDER}
     for _ in range(rounds):
         for name in random.sample(ORDER, len(ORDER)):
@@ -392,6 +397,7 @@ async def bench_streams(clients: Clients, server: FastServer, quick: bool) -> di
     title = (
         f"{CONCURRENCY} concurrent streams x {TOKENS} tokens 5 ms apart "
         f"({total} requests per run, {rounds} rounds, medians)"
+        + (", after gc.freeze() of the warmed-up process" if freeze else "")
     )
     header = ["client", "req/s", "x aiohttp limit=256", "x aiohttp default", "x raw httpx",
               "client CPU ms/req", "of which GC ms/req", "1/CPU x aiohttp limit=256 / x raw httpx",
@@ -597,6 +603,10 @@ async def main_async(args: argparse.Namespace) -> None:
         print(f"server: _fast_server.py, uvicorn + httptools, 1 worker, loop={server.loop}")
         clients = await open_clients(server.base)
         try:
+            if args.gc_freeze:
+                frozen = await bench_streams(clients, server, args.quick, freeze=True)
+                print(frozen["table"], flush=True)
+                return
             streams = await bench_streams(clients, server, args.quick)
             print(streams["table"], flush=True)
             for name in (RAW_AIOHTTP_256, RAW_AIOHTTP):
@@ -891,6 +901,11 @@ async def layers_async(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (smoke run)")
+    parser.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="only the 256-stream section, after gc.freeze() of the warmed-up process",
+    )
     parser.add_argument("--profile", choices=sorted(PROFILES), help="cProfile one workload")
     parser.add_argument("--profile-out", help="where to write the .prof file")
     parser.add_argument("--profile-batches", type=int, default=4, help="work under profile")
