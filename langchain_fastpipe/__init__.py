@@ -103,8 +103,13 @@ def __getattr__(name: str) -> Any:
             msg = f"module 'langchain_fastpipe' has no attribute {name!r}"
             raise AttributeError(msg)
         value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
+    if name not in _NOT_CACHED:
+        globals()[name] = value
     return value
+
+
+#: Names looked up again on every access: the runtime's object, replaceable (tests).
+_NOT_CACHED = frozenset({"default_preloader"})
 
 
 def __dir__() -> list[str]:

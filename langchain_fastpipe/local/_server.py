@@ -60,6 +60,7 @@ _LOG_TAIL_LINES = 20
 # in _reap.
 _LIVE: set[LocalModelServer] = set()
 _LIVE_LOCK = threading.Lock()
+_LIVE_EXIT_HOOK: list[object] = []  # non-empty once _stop_all is registered with atexit
 
 
 def template_path() -> Path:
@@ -394,6 +395,9 @@ class LocalModelServer:
         self._ready = False
         self.starts += 1
         with _LIVE_LOCK:
+            if not _LIVE_EXIT_HOOK:  # registered at the first start, not at import
+                atexit.register(_stop_all)
+                _LIVE_EXIT_HOOK.append(_stop_all)
             _LIVE.add(self)
         return proc
 
@@ -567,7 +571,6 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
         os.killpg(proc.pid, sig)
 
 
-@atexit.register
 def _stop_all() -> None:
     """Stop every server this process started and left running."""
     with _LIVE_LOCK:
