@@ -366,11 +366,15 @@ class StreamParserBase(ABC, Generic[ItemT]):
             HTTPStatusError: The server reported an error inside the stream.
         """
         try:
-            return self._handle(self._decoder.feed(data))
+            return self._feed(data)
         except ProtocolViolationError as exc:
             if exc.endpoint or not self._endpoint:
                 raise
             raise self._located(exc) from exc
+
+    def _feed(self, data: bytes) -> list[ChatGenerationChunk]:
+        """Decode bytes into chunks (subclasses may add a fast path here)."""
+        return self._handle(self._decoder.feed(data))
 
     def finish(self) -> list[ChatGenerationChunk]:
         """End of body: return pending chunks.

@@ -26,6 +26,7 @@ from langchain_fastpipe.providers._base import (
 )
 from langchain_fastpipe.providers._convert import messages_to_ollama, parse_ollama_tool_calls
 from langchain_fastpipe.providers._decoders import NDJSONDecoder
+from langchain_fastpipe.providers._fastchunk import text_chunk_builder
 
 __all__ = [
     "OLLAMA_OPTION_KEYS",
@@ -122,6 +123,22 @@ def _usage(obj: Mapping[str, Any]) -> Any:
     return None
 
 
+def _plain_text(obj: Mapping[str, Any]) -> str | None:
+    """The text of a line that is nothing but a text delta, else None.
+
+    A plain line: not the ``done`` line, and a ``message`` object with no ``thinking``
+    and no ``tool_calls`` (its ``content`` is the text; not a ``str``: ``""``). Anything
+    else is None: the general conversion. The error check is the caller's.
+    """
+    message = obj.get("message")
+    if obj.get("done") or type(message) is not dict:
+        return None
+    if message.get("thinking") or message.get("tool_calls"):
+        return None
+    content = message.get("content") or ""
+    return content if isinstance(content, str) else ""
+
+
 def ollama_stream_chunk(
     obj: Mapping[str, Any],
     *,
@@ -139,6 +156,11 @@ def ollama_stream_chunk(
         The chunk and the next free tool-call index. The ``done`` line carries
         ``usage_metadata`` and ``finish_reason``/``model_name`` in ``response_metadata``.
     """
+    text = _plain_text(obj)
+    if text is not None:  # the common case: a plain text delta
+        return text_chunk_builder(with_id=False)(
+            text, {"model_provider": _PROVIDER}, None
+        ), tool_index
     message = obj.get("message") or {}
     content = message.get("content") or ""
     additional: dict[str, Any] = {}
@@ -180,12 +202,18 @@ class OllamaStreamParser(StreamParserBase[dict[str, Any]]):
         """Create a parser for one stream from ``endpoint`` (named in errors)."""
         super().__init__(NDJSONDecoder(), endpoint=endpoint)
         self._tool_index = 0
+        self._text_chunk = text_chunk_builder(with_id=False)
 
     def _handle(self, objs: list[dict[str, Any]]) -> list[ChatGenerationChunk]:
         chunks: list[ChatGenerationChunk] = []
+        build = self._text_chunk
         for obj in objs:
             if obj.get("error"):
                 raise stream_error(obj["error"], endpoint=self._endpoint)
+            text = _plain_text(obj)
+            if text is not None:  # the usual line: straight to a template-built chunk
+                chunks.append(build(text, {"model_provider": _PROVIDER}, None))
+                continue
             chunk, self._tool_index = ollama_stream_chunk(obj, tool_index=self._tool_index)
             if obj.get("done"):
                 self._done = True

@@ -25,8 +25,8 @@ from langchain_fastpipe.providers._base import (
     usage_metadata,
 )
 from langchain_fastpipe.providers._convert import messages_to_openai, parse_openai_tool_calls
-from langchain_fastpipe.providers._decoders import SSEDecoder, SSEEvent
-from langchain_fastpipe.providers._fastchunk import text_chunk
+from langchain_fastpipe.providers._decoders import SSEDecoder, SSEEvent, json_object
+from langchain_fastpipe.providers._fastchunk import text_chunk_builder
 
 __all__ = [
     "OpenAIProvider",
@@ -77,15 +77,23 @@ def _tool_call_chunks(raw_calls: Sequence[Any]) -> list[ToolCallChunk]:
     return chunks
 
 
-_PLAIN_DELTA_KEYS = frozenset({"role", "content"})
+def _plain_text(obj: dict[str, Any]) -> str | None:
+    """The text of a chunk that is nothing but a text delta, else None.
 
-
-def _text_delta(choice: Any) -> str | None:
-    """The text of a choice that is nothing but a text delta (no tools, no finish), else None."""
+    A plain text delta: no usage, exactly one choice, no finish reason, and a delta
+    holding at most ``role`` and ``content`` (a ``str`` or null: ``""``). Anything else
+    (tool calls, reasoning, refusal, usage, a finish) is None: the general conversion.
+    The error check is the caller's.
+    """
+    choices = obj.get("choices")
+    if type(choices) is not list or len(choices) != 1 or obj.get("usage") is not None:
+        return None
+    choice = choices[0]
     if type(choice) is not dict or choice.get("finish_reason") is not None:
         return None
     delta = choice.get("delta")
-    if type(delta) is not dict or not delta.keys() <= _PLAIN_DELTA_KEYS:
+    # Its keys are among {"role", "content"}: counted, with no key view or set built.
+    if type(delta) is not dict or len(delta) != ("content" in delta) + ("role" in delta):
         return None
     content = delta.get("content")
     if content is None:
@@ -104,15 +112,15 @@ def openai_stream_chunk(obj: Mapping[str, Any]) -> ChatGenerationChunk | None:
         usage chunk, ``finish_reason`` and ``model_name`` in ``response_metadata`` on the
         chunk that finishes the choice; None for an event carrying nothing.
     """
-    usage = obj.get("usage")
-    choices = obj.get("choices") or []
     msg_id = obj.get("id")
     if type(msg_id) is not str:
         msg_id = None
-    if usage is None and type(choices) is list and len(choices) == 1:
-        fast = _text_delta(choices[0])
-        if fast is not None:  # the common case: a plain text delta
-            return text_chunk(fast, {"model_provider": _PROVIDER}, msg_id)
+    if type(obj) is dict:
+        text = _plain_text(obj)
+        if text is not None:  # the common case: a plain text delta
+            return text_chunk_builder()(text, {"model_provider": _PROVIDER}, msg_id)
+    usage = obj.get("usage")
+    choices = obj.get("choices") or []
     usage_meta = openai_usage(usage) if isinstance(usage, Mapping) else None
     if not choices:
         if usage_meta is None:
@@ -164,27 +172,72 @@ class OpenAIStreamParser(StreamParserBase[SSEEvent]):
 
     def __init__(self, *, endpoint: str = "") -> None:
         """Create a parser for one stream from ``endpoint`` (named in errors)."""
-        super().__init__(SSEDecoder(), endpoint=endpoint)
+        self._sse = SSEDecoder()
+        super().__init__(self._sse, endpoint=endpoint)
+        self._text_chunk = text_chunk_builder()
+
+    def _feed(self, data: bytes) -> list[ChatGenerationChunk]:
+        """Decode bytes; whole plain ``data:`` events skip the general path.
+
+        The fast path (the usual read: whole events, each a JSON object with a plain text
+        delta) goes from the event's data straight to a template-built chunk: no event
+        object, ``json.loads``'s scanner called directly, one check of the chunk's shape.
+        Every other read or event takes the general path, which decides and raises
+        exactly as before.
+        """
+        texts = self._sse.plain_data(data)
+        if texts is None:
+            return self._handle(self._sse.feed(data))
+        chunks: list[ChatGenerationChunk] = []
+        build = self._text_chunk
+        for text in texts:
+            obj = json_object(text)
+            if obj is None:  # [DONE], blank, not an object, bad JSON: the general path
+                chunk = self._event_chunk(SSEEvent("message", text))
+            elif obj.get("error") or (content := _plain_text(obj)) is None:
+                chunk = self._object_chunk(obj, "message")
+            else:
+                msg_id = obj.get("id")
+                chunk = build(
+                    content,
+                    {"model_provider": _PROVIDER},
+                    msg_id if type(msg_id) is str else None,
+                )
+            if chunk is not None:
+                chunks.append(chunk)
+        return chunks
 
     def _handle(self, events: list[SSEEvent]) -> list[ChatGenerationChunk]:
         chunks: list[ChatGenerationChunk] = []
         for event in events:
-            data = event.data.strip()
-            if not data:
-                continue
-            if data == "[DONE]":
-                self._done = True
-                continue
-            obj = require_mapping(event.json(), "stream event", endpoint=self._endpoint)
-            if event.event == "error" or obj.get("error"):
-                raise stream_error(obj.get("error", obj), endpoint=self._endpoint)
-            chunk = openai_stream_chunk(obj)
-            if chunk is None:
-                continue
-            if chunk.generation_info and chunk.generation_info.get("finish_reason"):
-                self._done = True
-            chunks.append(chunk)
+            chunk = self._event_chunk(event)
+            if chunk is not None:
+                chunks.append(chunk)
         return chunks
+
+    def _event_chunk(self, event: SSEEvent) -> ChatGenerationChunk | None:
+        """The chunk of one event (None for blanks, ``[DONE]`` and empty events)."""
+        data = event.data.strip()
+        if not data:
+            return None
+        if data == "[DONE]":
+            self._done = True
+            return None
+        obj = require_mapping(event.json(), "stream event", endpoint=self._endpoint)
+        return self._object_chunk(obj, event.event)
+
+    def _object_chunk(self, obj: Mapping[str, Any], event: str) -> ChatGenerationChunk | None:
+        """The chunk of one decoded event object; raises the error it reports."""
+        if event == "error" or obj.get("error"):
+            raise stream_error(obj.get("error", obj), endpoint=self._endpoint)
+        chunk = openai_stream_chunk(obj)
+        if (
+            chunk is not None
+            and chunk.generation_info
+            and chunk.generation_info.get("finish_reason")
+        ):
+            self._done = True
+        return chunk
 
 
 class OpenAIProvider(ProviderBase):

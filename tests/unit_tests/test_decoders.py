@@ -196,7 +196,7 @@ def _event_reads(stream: bytes) -> list[bytes]:
 def _slow_decoder() -> SSEDecoder:
     """A decoder whose fast path never applies (the reference behaviour)."""
     decoder = SSEDecoder()
-    decoder._feed_whole_events = lambda data: None  # type: ignore[method-assign]
+    decoder.plain_data = lambda data: None  # type: ignore[method-assign]
     return decoder
 
 
@@ -234,7 +234,7 @@ def test_sse_fast_path_is_taken_for_whole_data_events(monkeypatch: pytest.Monkey
     ],
 )
 def test_sse_fast_path_declines_other_shapes(read: bytes) -> None:
-    assert SSEDecoder()._feed_whole_events(read) is None
+    assert SSEDecoder().plain_data(read) is None
 
 
 def test_sse_fast_path_waits_for_a_pending_partial_line() -> None:
