@@ -29,8 +29,9 @@ DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
 
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 _BOM = b"\xef\xbb\xbf"
-#: ``_CR in data`` (an int): memchr, where ``b"\r" in data`` first fails an int conversion.
+#: ``_CR in data`` (an int) is a memchr; ``b"\r" in data`` first fails an int conversion.
 _CR = ord("\r")
+_LF = ord("\n")
 
 #: The C scanner behind ``json.loads`` (the same settings as its default decoder), called
 #: directly: ``json.loads`` adds two whitespace regex matches and three Python calls,
@@ -263,7 +264,7 @@ class SSEDecoder:
             else:
                 texts = []
                 for block in data[:end].split(b"\n\n"):
-                    if not block.startswith(b"data:") or b"\n" in block:
+                    if not block.startswith(b"data:") or _LF in block:
                         return None
                     texts.append(block[6 if block[5:6] == b" " else 5 :].decode())
         except UnicodeDecodeError:
