@@ -116,10 +116,23 @@ class ResponseTracker:
         """Record every response of ``pool``'s async client of the running loop.
 
         On the aiohttp engine the pool's calls skip httpx: their ``aiohttp.ClientResponse``
-        objects are recorded (from an ``on_request_end`` trace of the loop's session).
+        objects are recorded (from an ``on_request_end`` trace of the loop's session). On
+        the h2 engine, the engine's replies are (its ``asend`` is wrapped).
         """
         client = pool._clients.aclient()
         client.event_hooks["response"].append(self._arecord)
+        from langchain_fastpipe.transport._h2native_pool import engine_of
+
+        engine = engine_of(client)
+        if engine is not None:
+            send = engine.asend
+
+            async def asend(*args: Any, **kwargs: Any) -> Any:
+                reply = await send(*args, **kwargs)
+                self._record(reply)
+                return reply
+
+            engine.asend = asend  # type: ignore[method-assign]
         session = direct_session(client)
         if session is not None:
             trace = aiohttp.TraceConfig()

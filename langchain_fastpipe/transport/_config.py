@@ -39,8 +39,8 @@ if TYPE_CHECKING:
     from langchain_fastpipe.config import FastpipeConfig
 
 #: The HTTP engines of async calls (see ``EndpointConfig.engine``).
-Engine = Literal["auto", "httpx", "aiohttp"]
-ENGINES: tuple[Engine, ...] = ("auto", "httpx", "aiohttp")
+Engine = Literal["auto", "httpx", "aiohttp", "h2"]
+ENGINES: tuple[Engine, ...] = ("auto", "httpx", "aiohttp", "h2")
 
 __all__ = [
     "DEFAULT_RETRY_STATUSES",
@@ -57,6 +57,9 @@ __all__ = [
     "redact_url",
     "wire_knobs",
 ]
+
+#: The engine ``"auto"`` picks for HTTP/2 (pooled https with ``http2``, or h2c).
+_AUTO_HTTP2: Literal["httpx", "h2"] = "httpx"
 
 #: Statuses retried by default: timeouts, conflicts, rate limits and transient 5xx.
 DEFAULT_RETRY_STATUSES: frozenset[int] = frozenset({408, 409, 429, 500, 502, 503, 504})
@@ -307,9 +310,11 @@ class EndpointConfig(_Knobs):
         description=(
             'Engine of async calls: "auto" (default: aiohttp for http:// servers, which '
             "speak HTTP/1.1, where aiohttp costs a fraction of httpcore's CPU per request; "
-            'httpx with HTTP/2 by ALPN for https:// and for h2c), "httpx" or "aiohttp" '
-            "(httpx_aiohttp.AiohttpTransport: same httpx API, HTTP/1.1 only). Sync calls "
-            "always use httpx."
+            'httpx with HTTP/2 by ALPN for https:// and for h2c), "httpx", "aiohttp" '
+            '(httpx_aiohttp.AiohttpTransport: same httpx API, HTTP/1.1 only) or "h2" (our '
+            "HTTP/2 client on asyncio and h2, a fraction of httpcore's CPU per stream, for "
+            "https:// by ALPN and h2c; httpx where HTTP/2 is not spoken). Sync calls always "
+            "use httpx."
         ),
     )
 
@@ -363,18 +368,23 @@ class EndpointConfig(_Knobs):
         return build_endpoint_config(values)
 
     @property
-    def async_engine(self) -> Literal["httpx", "aiohttp"]:
+    def async_engine(self) -> Literal["httpx", "aiohttp", "h2"]:
         """The engine async calls use: :attr:`engine`, with ``"auto"`` resolved.
 
         ``"auto"`` is aiohttp for pooled plain-``http://`` endpoints without h2c, and
-        httpx otherwise (HTTP/2 by ALPN over TLS, h2c, or the unpooled baseline).
+        httpx otherwise (HTTP/2 by ALPN over TLS, h2c, or the unpooled baseline; for
+        HTTP/2 the engine named by ``_AUTO_HTTP2``). ``"h2"`` where pooled calls do not
+        speak HTTP/2 (:attr:`speaks_http2`) is httpx.
         """
-        if self.engine != "auto":
-            return self.engine
-        plain = self.base_url[:5].lower() == "http:"
-        if plain and self.pooling and not self.http2_prior_knowledge:
-            return "aiohttp"
-        return "httpx"
+        engine = self.engine
+        if engine == "auto":
+            plain = self.base_url[:5].lower() == "http:"
+            if plain and self.pooling and not self.http2_prior_knowledge:
+                return "aiohttp"
+            engine = _AUTO_HTTP2
+        if engine == "h2" and not self.speaks_http2:
+            return "httpx"
+        return engine
 
     @property
     def speaks_http2(self) -> bool:

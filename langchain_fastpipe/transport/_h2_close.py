@@ -3,7 +3,7 @@
 :func:`aclose_response` / :func:`close_response` close a streamed response (the graceful
 HTTP/2 connections reset a stream closed before its end). :func:`abort_dead_loop_client`
 closes the sockets of a client whose event loop is gone, found by walking private
-httpx/httpcore/anyio (and aiohttp) attributes in :func:`_socket_transports`.
+httpx/httpcore/anyio (and aiohttp, h2 engine) attributes in :func:`_socket_transports`.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ def _socket_transports(client: httpx.AsyncClient) -> list[Any]:
 
     Walks private attributes (httpx client -> httpcore pool -> connection -> AnyIOStream
     -> anyio TLSStream/SocketStream -> asyncio transport; for the aiohttp engine, the
-    session's connector); returns what it finds, ``[]`` when the layout differs.
+    session's connector; for the h2 engine, its connections' transports, TLS wrapper
+    first); returns what it finds, ``[]`` when the layout differs.
     """
     found: list[Any] = []
     transport = getattr(client, "_transport", None)
@@ -53,6 +54,9 @@ def _socket_transports(client: httpx.AsyncClient) -> list[Any]:
                 found.append(raw)
                 break
             stream = getattr(stream, "_stream", None) or getattr(stream, "transport_stream", None)
+    engine = getattr(transport, "h2native", None)  # the h2 engine's own connections
+    if engine is not None:
+        found.extend(engine.socket_transports())
     session = getattr(transport, "client", None)
     conns = getattr(getattr(session, "connector", None), "_conns", None)
     if isinstance(conns, dict):

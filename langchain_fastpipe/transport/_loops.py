@@ -7,8 +7,8 @@ new loop asks for a client, or the pool is closed or dropped) its entry is forgo
 its sockets are closed directly (:meth:`LoopClients.drop_dead_loops`). The SSL context is
 built once per config and shared by every client.
 
-The HTTP/2 module (and h2 with it) is imported when the first httpx-engine client is
-built, aiohttp when the first aiohttp-engine client is.
+The HTTP/2 module (and h2 with it) is imported when the first httpx- or h2-engine client
+is built, aiohttp when the first aiohttp-engine client is.
 """
 
 from __future__ import annotations
@@ -137,9 +137,10 @@ class LoopClients:
         return {"timeout": self._timeout, **_h2().transport_kwargs(self.config, self._ssl_context)}
 
     def new_async_client(self) -> httpx.AsyncClient:
-        """A new async client (MockTransport when injected; aiohttp when configured).
+        """A new async client (MockTransport when injected; aiohttp or h2 when configured).
 
-        The httpx engine's transport is :func:`~._h2.async_transport`'s (graceful GOAWAY).
+        The httpx engine's transport is :func:`~._h2.async_transport`'s (graceful GOAWAY);
+        the h2 engine's, :func:`~._h2native_pool.native_transport`, wraps it.
         """
         kwargs = self._client_kwargs()
         config = self.config
@@ -149,6 +150,10 @@ class LoopClients:
             from langchain_fastpipe.transport._aiohttp import aiohttp_transport
 
             kwargs["transport"] = aiohttp_transport(config, self._ssl_context)
+        elif config.async_engine == "h2":
+            from langchain_fastpipe.transport._h2native_pool import native_transport
+
+            kwargs["transport"] = native_transport(config, self._ssl_context)
         else:
             kwargs["transport"] = _h2().async_transport(config, self._ssl_context)
         return httpx.AsyncClient(**kwargs)

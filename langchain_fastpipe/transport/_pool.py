@@ -19,7 +19,8 @@ failure raises a typed error.
 The modules around this one: :mod:`._loops` (the clients per event loop, the SSL context),
 :mod:`._admission` (the FIFO gate), :mod:`._attempt` (one attempt without I/O: the
 prepared call, body cap, failure classification, breaker guard, accounting),
-:mod:`._retrying` (tenacity's strategies), :mod:`._h2` (HTTP/2) and :mod:`._aiohttp`.
+:mod:`._retrying` (tenacity's strategies), :mod:`._h2` (HTTP/2 on httpx),
+:mod:`._h2native_pool` (the h2 engine) and :mod:`._aiohttp`.
 The sync and async paths here share everything but their I/O lines.
 """
 
@@ -142,6 +143,8 @@ class PooledClient:
         self._direct = async_transport is None and (
             config.pooling and config.async_engine == "aiohttp"
         )
+        # ... and on the h2 engine, httpx's request/response layer and httpcore.
+        self._native = async_transport is None and config.async_engine == "h2"
         # Dropped (nothing holds the pool): its connections are closed, without awaiting.
         weakref.finalize(self, self._clients.abandon)
         runtime().track_pool(self)
@@ -337,8 +340,22 @@ class PooledClient:
         """Send one attempt of ``call`` and return its reply once the headers arrived.
 
         On the aiohttp engine straight on the loop's aiohttp session
-        (:func:`~._aiohttp.asend`); otherwise through ``client`` (httpx).
+        (:func:`~._aiohttp.asend`); on the h2 engine on its connections
+        (:meth:`~._h2native_pool.H2Engine.asend`), unless the server declined HTTP/2;
+        otherwise through ``client`` (httpx).
         """
+        if self._native:
+            from langchain_fastpipe.transport import _h2native_pool as native
+
+            engine = native.engine_of(client)
+            if engine is not None and engine.serves(call.url):
+                try:
+                    return await engine.asend(
+                        call.method, call.url, call.content, call.headers,
+                        call.timeout or client.timeout, trace,
+                    )  # fmt: skip
+                except native.NotH2:
+                    pass  # TLS ALPN chose HTTP/1.1: httpx's from now on
         if self._direct:
             from langchain_fastpipe.transport import _aiohttp
 
