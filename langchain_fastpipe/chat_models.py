@@ -257,9 +257,9 @@ class ChatFastpipe(BaseChatModel):
     """Idle connections the endpoint's pool keeps for reuse."""
 
     engine: Engine = knob("engine")
-    """Engine of async calls: ``"auto"`` (default: aiohttp for ``http://`` servers, httpx
-    with HTTP/2 by ALPN for ``https://``), ``"httpx"`` or ``"aiohttp"``. Sync calls always
-    use httpx. See ``EndpointConfig.engine``."""
+    """Engine of async calls: ``"auto"`` (default: aiohttp for ``http://`` servers, our
+    HTTP/2 client ``"h2"`` for ``https://``), ``"h2"``, ``"httpx"`` or ``"aiohttp"``. Sync
+    calls always use httpx. See ``EndpointConfig.engine``."""
 
     pooling: bool = knob("pooling")
     """Share one pooled client per endpoint. False makes a fresh client per request (the

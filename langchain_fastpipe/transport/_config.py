@@ -58,8 +58,10 @@ __all__ = [
     "wire_knobs",
 ]
 
-#: The engine ``"auto"`` picks for HTTP/2 (pooled https with ``http2``, or h2c).
-_AUTO_HTTP2: Literal["httpx", "h2"] = "httpx"
+#: The engine ``"auto"`` picks for HTTP/2 (pooled https with ``http2``, or h2c): ours, at a
+#: fraction of httpcore's client CPU per stream (64 streams through nginx: 0.8-0.95 ms
+#: against 2.2-2.5 ms for httpx over our graceful connection, 1.5-1.7 ms for raw httpx).
+_AUTO_HTTP2: Literal["httpx", "h2"] = "h2"
 
 #: Statuses retried by default: timeouts, conflicts, rate limits and transient 5xx.
 DEFAULT_RETRY_STATUSES: frozenset[int] = frozenset({408, 409, 429, 500, 502, 503, 504})
@@ -310,11 +312,10 @@ class EndpointConfig(_Knobs):
         description=(
             'Engine of async calls: "auto" (default: aiohttp for http:// servers, which '
             "speak HTTP/1.1, where aiohttp costs a fraction of httpcore's CPU per request; "
-            'httpx with HTTP/2 by ALPN for https:// and for h2c), "httpx", "aiohttp" '
-            '(httpx_aiohttp.AiohttpTransport: same httpx API, HTTP/1.1 only) or "h2" (our '
-            "HTTP/2 client on asyncio and h2, a fraction of httpcore's CPU per stream, for "
-            "https:// by ALPN and h2c; httpx where HTTP/2 is not spoken). Sync calls always "
-            "use httpx."
+            '"h2" for https:// and h2c), "h2" (our HTTP/2 client on asyncio and h2, a '
+            "fraction of httpcore's CPU per stream, HTTP/2 by ALPN over TLS or h2c; httpx "
+            'where the server declines HTTP/2), "httpx" (httpx with our graceful HTTP/2 '
+            'connection) or "aiohttp" (HTTP/1.1 only). Sync calls always use httpx.'
         ),
     )
 
@@ -371,10 +372,10 @@ class EndpointConfig(_Knobs):
     def async_engine(self) -> Literal["httpx", "aiohttp", "h2"]:
         """The engine async calls use: :attr:`engine`, with ``"auto"`` resolved.
 
-        ``"auto"`` is aiohttp for pooled plain-``http://`` endpoints without h2c, and
-        httpx otherwise (HTTP/2 by ALPN over TLS, h2c, or the unpooled baseline; for
-        HTTP/2 the engine named by ``_AUTO_HTTP2``). ``"h2"`` where pooled calls do not
-        speak HTTP/2 (:attr:`speaks_http2`) is httpx.
+        ``"auto"`` is aiohttp for pooled plain-``http://`` endpoints without h2c, ``"h2"``
+        where pooled calls speak HTTP/2 (by ALPN over TLS, or h2c), and httpx otherwise
+        (``http2=False`` over TLS, or the unpooled baseline). ``"h2"`` where pooled calls
+        do not speak HTTP/2 (:attr:`speaks_http2`) is httpx.
         """
         engine = self.engine
         if engine == "auto":

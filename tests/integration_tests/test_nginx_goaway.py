@@ -1,13 +1,15 @@
 """HTTP/2 GOAWAY behind a real nginx: no stream lost, every text exactly the server's.
 
 nginx (TLS, HTTP/2 by ALPN, ``keepalive_requests 100``) proxies to the emulator; while
-1000 streams per case (4000 over sync/async x both providers) run at concurrency 64 it is
+1000 streams per case (6000 over sync/async engines x both providers) run at concurrency 64 it is
 also reloaded (SIGHUP, as ``nginx -s reload``)
 every few hundred finished streams. Both close connections with a graceful GOAWAY and
 complete the streams they accepted (RFC 9113 section 6.8); raw httpx loses a few percent
 of the streams there (``benchmarks/bench_nginx_goaway.py`` measures it), ChatFastpipe
-over the HTTP/2 transport of ``transport/_h2.py`` must lose none, with retries off (only
-its GOAWAY handling and the pool's stale-connection replays may resend).
+must lose none, with retries off (only its GOAWAY handling and the pool's
+stale-connection replays may resend): async calls on its default engine (``"h2"``, our
+HTTP/2 client, ``transport/_h2native*.py``) and on ``engine="httpx"`` (httpx over the
+graceful connection of ``transport/_h2*.py``), sync calls on httpx.
 
 Nothing is timed: the deadline only stops a stuck run, with room for a busy 2-core
 machine. Asserted besides the texts: the GOAWAYs did happen (many connections, reloads),
@@ -30,7 +32,7 @@ from langchain_fastpipe.emulator import EmulatorConfig, EmulatorServer, ModelPro
 from langchain_fastpipe.emulator._nginx import NginxProxy, find_nginx
 from langchain_fastpipe.transport import get_pool
 
-STREAMS = 1000  # per case: 4000 over the four cases, 10+ GOAWAYs and 3 reloads each
+STREAMS = 1000  # per case: 6000 over the six cases, 10+ GOAWAYs and 3 reloads each
 CONCURRENCY = 64
 KEEPALIVE_REQUESTS = 100
 RELOAD_EVERY = 300  # finished streams between two reloads (about 1 s here)
@@ -63,14 +65,14 @@ def suffix(provider: str) -> str:
     return "/v1" if provider == "openai" else ""
 
 
-def through(proxy: NginxProxy, provider: str) -> ChatFastpipe:
+def through(proxy: NginxProxy, provider: str, engine: str = "httpx") -> ChatFastpipe:
     return ChatFastpipe(
         model="emulator",
         provider=provider,
         base_url=proxy.base_url + suffix(provider),
         verify=proxy.ca_path,
         http2=True,
-        engine="httpx",
+        engine=engine,
         max_retries=0,
     )
 
@@ -119,12 +121,14 @@ def check(results: list[Any], ref: str, proxy: NginxProxy, model: ChatFastpipe) 
     assert stats["in_flight"] == 0
 
 
+@pytest.mark.parametrize("engine", ["auto", "httpx"])  # auto: our own HTTP/2 client, "h2"
 @pytest.mark.parametrize("provider", PROVIDERS)
 async def test_async_streams_survive_goaway_and_reloads(
-    upstream: EmulatorServer, nginx: NginxProxy, response_tracker: Any, provider: str
+    upstream: EmulatorServer, nginx: NginxProxy, response_tracker: Any, provider: str, engine: str
 ) -> None:
     ref = await asyncio.to_thread(reference, upstream, provider)
-    model = through(nginx, provider)
+    model = through(nginx, provider, engine)
+    assert model.endpoint_config.async_engine == ("h2" if engine == "auto" else engine)
     pool = get_pool(model.endpoint_config)
     response_tracker.track_async(pool)
     reloader = Reloader(nginx)

@@ -153,14 +153,15 @@ def test_query_or_fragment_is_rejected_without_showing_it(url: str) -> None:
     [
         ({"base_url": "http://127.0.0.1:11434"}, "aiohttp"),  # Ollama, llama.cpp, vLLM...
         ({"base_url": "HTTP://host:8080/v1"}, "aiohttp"),
-        ({"base_url": "https://api.example.com/v1"}, "httpx"),  # HTTP/2 by ALPN
-        ({"base_url": "http://h", "http2_prior_knowledge": True}, "httpx"),  # h2c
+        ({"base_url": "https://api.example.com/v1"}, "h2"),  # HTTP/2 by ALPN
+        ({"base_url": "http://h", "http2_prior_knowledge": True}, "h2"),  # h2c
+        ({"base_url": "https://h", "http2": False}, "httpx"),  # TLS without HTTP/2
         ({"base_url": "http://h", "pooling": False}, "httpx"),  # the flag-off baseline
         ({"base_url": "http://h", "engine": "httpx"}, "httpx"),
         ({"base_url": "https://h", "engine": "aiohttp"}, "aiohttp"),
     ],
 )
-def test_auto_engine_picks_aiohttp_for_plain_http_and_httpx_for_tls(
+def test_auto_engine_picks_aiohttp_for_plain_http_and_h2_for_http2(
     kwargs: dict[str, Any], engine: str
 ) -> None:
     config = EndpointConfig(**kwargs)
