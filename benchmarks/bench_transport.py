@@ -385,8 +385,13 @@ async def bench_concurrency(base: str, quick: bool) -> list[str]:
         async with httpx_client(conc, http2=True) as client:
             h2 = {
                 "raw httpx h2c": raw_httpx_stream(client, base, tokens, []),
-                "ChatFastpipe h2c": lc_stream(
+                'ChatFastpipe h2c engine="httpx"': lc_stream(
                     fastpipe(base, limit=conc, keepalive=20, h2c=True, max_tokens=tokens)
+                ),
+                "ChatFastpipe h2c (default: h2)": lc_stream(
+                    fastpipe(
+                        base, limit=conc, keepalive=20, h2c=True, max_tokens=tokens, engine="auto"
+                    )
                 ),
             }
             for name, call in h2.items():
