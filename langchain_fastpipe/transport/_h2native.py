@@ -15,11 +15,21 @@ above it without response headers fail with :data:`UNPROCESSED` (the engine send
 again on another connection), and the connection closes once drained. A
 RST_STREAM(REFUSED_STREAM) before headers is :data:`UNPROCESSED` too (at most
 ``REFUSED_RESENDS`` in a row per connection). Nothing is resent once response headers
-arrived. A stream closed before its end is reset with RST_STREAM(CANCEL).
+arrived. A stream released while h2 still holds it open (its body not read to the end,
+or its response ended before our request body did) is reset with RST_STREAM(CANCEL).
+
+Our SETTINGS go in the preface. Every body chunk the caller consumed is acknowledged to
+h2 at once (h2 batches the WINDOW_UPDATE frames): that is what refills the connection's
+receive window, shared by all streams.
 
 Failures are httpx exceptions, as httpcore would raise them: ``ReadError`` for a
 connection reset, ``RemoteProtocolError`` for a peer that closed the connection, reset
-the stream or broke the protocol, ``ReadTimeout``/``WriteTimeout``.
+the stream after its headers or broke the protocol, ``ReadTimeout``/``WriteTimeout``. A
+reset before the response headers (other than REFUSED_STREAM) is :class:`StreamResetError`,
+a ``ConnectError``: retried after the pool's backoff, not replayed at once as a stale
+connection (the server may have processed it). A request header h2 rejects is
+``LocalProtocolError`` (without the header's value), and the connection drains: h2's
+HPACK encoder no longer matches the server's decoder.
 """
 
 from __future__ import annotations
@@ -40,7 +50,7 @@ import httpx
 from langchain_fastpipe.transport._h2_core import PROBE_AFTER, REFUSED_RESENDS
 from langchain_fastpipe.transport._h2_state import GracefulH2Connection
 
-__all__ = ["UNPROCESSED", "H2Conn", "Stream", "Unprocessed"]
+__all__ = ["UNPROCESSED", "H2Conn", "Stream", "StreamResetError", "Unprocessed"]
 
 _CONFIG: Final = h2.config.H2Configuration(
     client_side=True, header_encoding=None, validate_inbound_headers=False
@@ -48,13 +58,27 @@ _CONFIG: Final = h2.config.H2Configuration(
 #: Our receive windows: per stream (bounds what one stream buffers) and per connection.
 STREAM_WINDOW: Final = 1 << 20
 _CONNECTION_WINDOW: Final = 1 << 24
-#: Consumed bytes of a stream acknowledged at once (fewer h2 calls than one per chunk).
-_ACK_EVERY: Final = STREAM_WINDOW // 4
+#: Our SETTINGS, sent in the preface (h2 applies them to our side at once, no ACK awaited).
+_SETTINGS: Final = {
+    h2.settings.SettingCodes.ENABLE_PUSH: 0,
+    h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 100,
+    h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+    h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 65536,
+}
 _TIMED_OUT: Final = object()
 
 
 class Unprocessed(Exception):  # noqa: N818 - a signal, not an error of the caller's
     """The server never processed the stream (above a GOAWAY, or refused): send it again."""
+
+
+class StreamResetError(httpx.ConnectError):
+    """The server reset the stream before its response headers (not REFUSED_STREAM).
+
+    It may have processed the request, so the engine does not resend it, and it must not
+    look like a stale pooled connection either (the pool would replay it at once): a
+    ``ConnectError`` is an ordinary retryable failure, resent after the retry backoff.
+    """
 
 
 #: The one instance (it never reaches a caller: the engine resends).
@@ -81,7 +105,6 @@ class Stream:
         "flow",
         "headers",
         "id",
-        "owed",
         "released",
         "sending",
         "status",
@@ -95,8 +118,7 @@ class Stream:
         self.status: int | None = None
         self.headers: list[tuple[bytes, bytes]] = []
         self.chunks: deque[bytes] = deque()
-        self.flow = 0  # flow-controlled bytes buffered in ``chunks``
-        self.owed = 0  # consumed bytes not acknowledged to h2 yet
+        self.flow = 0  # flow-controlled bytes buffered in ``chunks`` (not acknowledged)
         self.ended = False  # END_STREAM received: the body is complete
         self.error: BaseException | None = None  # raised once the buffered body is read
         self.waiter: asyncio.Future[Any] | None = None
@@ -180,11 +202,12 @@ class Stream:
                 await self._wait(timeout, httpx.ReadTimeout)
 
     def _consumed(self) -> None:
-        owed = self.owed = self.owed + self.flow
+        # Every consumed chunk goes back to h2 at once: its window managers batch the
+        # WINDOW_UPDATE frames, and the connection window (shared by every stream) is
+        # only ever refilled this way (holding bytes back per stream starves it).
+        flow = self.flow
         self.flow = 0
-        if owed >= _ACK_EVERY:
-            self.owed = 0
-            self.conn.acknowledge(self.id, owed)
+        self.conn.acknowledge(self.id, flow)
 
     def close(self) -> None:
         """Release the stream; one not ended is reset (RST_STREAM CANCEL) first."""
@@ -212,6 +235,7 @@ class H2Conn(asyncio.Protocol):
         """A connection on ``loop``; ``on_change`` hears of freed slots, drains and ends."""
         self.loop = loop
         self.limit = limit
+        self._configured = limit
         self.h2 = GracefulH2Connection(config=_CONFIG)
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, Stream] = {}
@@ -236,13 +260,11 @@ class H2Conn(asyncio.Protocol):
     def initiate(self) -> None:
         """Send the connection preface and our settings (RFC 9113 section 3.4)."""
         h2c = self.h2
+        # In the preface's SETTINGS frame, as httpcore does: settings sent later by
+        # update_settings() would only apply once the server acknowledged them (until
+        # then h2 gives new streams a 65535-byte receive window).
+        h2c.local_settings = h2.settings.Settings(client=True, initial_values=_SETTINGS)
         h2c.initiate_connection()
-        h2c.update_settings({
-            h2.settings.SettingCodes.ENABLE_PUSH: 0,
-            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 100,
-            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 65536,
-        })  # fmt: skip
         h2c.increment_flow_control_window(_CONNECTION_WINDOW - 65535)
         self.flush()
 
@@ -252,8 +274,8 @@ class H2Conn(asyncio.Protocol):
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
-            self.flush()  # h2 queued its GOAWAY
-            self.abort(httpx.RemoteProtocolError(str(exc) or type(exc).__name__))
+            self.flush()  # h2 queued its GOAWAY: closing (not aborting) still sends it
+            self.abort(httpx.RemoteProtocolError(str(exc) or type(exc).__name__), flush=True)
             return
         streams = self.streams
         event: Any
@@ -340,11 +362,14 @@ class H2Conn(asyncio.Protocol):
         stream = self.streams.get(event.stream_id)
         if stream is None or stream.ended:
             return
+        refused = event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
         if stream.status is None and (
-            self._above_goaway(stream.id)
-            or (event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM and self._refused_again())
+            self._above_goaway(stream.id) or (refused and self._refused_again())
         ):
             stream.fail(UNPROCESSED)
+        elif stream.status is None and not refused:
+            # It may have been processed: a retryable failure (backoff), no replay.
+            stream.fail(StreamResetError(f"stream reset before the response: {event!r}"))
         else:
             stream.fail(httpx.RemoteProtocolError(repr(event)))
         if self.draining:
@@ -383,9 +408,12 @@ class H2Conn(asyncio.Protocol):
 
     def _remote_settings(self) -> None:
         peer = self.h2.remote_settings.max_concurrent_streams
-        self.limit = min(self.limit, peer)
+        previous = self.limit
+        self.limit = min(self._configured, peer)  # the peer may raise its limit again
         if not self.settings.done():
             self.settings.set_result(None)
+        elif self.limit > previous:
+            self._on_change(self)  # slots freed for waiting callers
         for stream in self.streams.values():
             if stream.sending:
                 stream.wake()
@@ -420,8 +448,25 @@ class H2Conn(asyncio.Protocol):
         except h2.exceptions.NoAvailableStreamIDError:
             self.draining = True
             raise Unprocessed from None
-        except h2.exceptions.ProtocolError:  # TooManyStreamsError, a GOAWAY
+        except h2.exceptions.TooManyStreamsError:
+            if self.reserved <= self.limit:
+                # h2 counts streams we do not (it should not happen): use another one.
+                self.drain()
             raise Unprocessed from None
+        except h2.exceptions.ProtocolError as exc:
+            if h2c.goaway_last_stream_id is not None or isinstance(
+                exc, h2.exceptions.StreamIDTooLowError
+            ):
+                raise Unprocessed from None
+            # h2 rejected a header while HPACK-encoding the block: its encoder's table
+            # no longer matches the server's, so no more HEADERS may go out on this
+            # connection. Its text may quote the value (an API key): not passed on.
+            self.drain()
+            msg = (
+                "a request header is not allowed in HTTP/2 "
+                f"(h2 {type(exc).__name__}; the header value is withheld)"
+            )
+            raise httpx.LocalProtocolError(msg) from None
         stream = self.streams[stream_id] = Stream(self, stream_id)
         if self._idle_timer is not None:
             self._idle_timer.cancel()
@@ -453,28 +498,37 @@ class H2Conn(asyncio.Protocol):
     def acknowledge(self, stream_id: int, size: int) -> None:
         """Give ``size`` consumed bytes of ``stream_id`` back to the peer's windows."""
         if size and self.transport is not None:
-            self.h2.acknowledge_received_data(size, stream_id)
-            self.flush()
+            h2c = self.h2
+            h2c.acknowledge_received_data(size, stream_id)
+            if h2c.has_data_to_send():  # h2 sends a WINDOW_UPDATE once enough is owed
+                self.flush()
 
     def release(self, stream: Stream) -> None:
         """Forget ``stream`` (its caller is done); reset it first if still open."""
         if self.streams.pop(stream.id, None) is None:
             return
         self.reserved -= 1
-        owed = stream.owed + stream.flow
+        owed = stream.flow
         if self.transport is not None:
-            cancel = (
-                not stream.ended
-                and stream.error is not UNPROCESSED
+            # Reset any stream h2 still holds open, also one whose response ended before
+            # our request body did (half-closed): it counts towards the server's limit.
+            if (
+                stream.error is not UNPROCESSED
                 and not self._above_goaway(stream.id)
-            )
-            if cancel and self.h2.cancel(stream.id):
+                and self.h2.cancel(stream.id)
+            ):
                 self.flush()
             if owed:
                 self.acknowledge(stream.id, owed)
         stream.chunks.clear()
         if self.draining:
             self._close_if_drained()
+        self._on_change(self)
+
+    def drain(self) -> None:
+        """Take no new stream; close once the streams in progress ended."""
+        self.draining = True
+        self._close_if_drained()
         self._on_change(self)
 
     def unreserve(self) -> None:
@@ -517,8 +571,12 @@ class H2Conn(asyncio.Protocol):
         self.flush()
         transport.close()
 
-    def abort(self, error: BaseException | None = None) -> None:
-        """Drop the connection at once (``error``: why, given to its open streams)."""
+    def abort(self, error: BaseException | None = None, *, flush: bool = False) -> None:
+        """Drop the connection at once (``error``: why, given to its open streams).
+
+        With ``flush``, what was written still goes out first (h2's GOAWAY after a
+        protocol error), then the socket closes.
+        """
         self.draining = True
         if error is not None:
             self.error = error
@@ -526,7 +584,10 @@ class H2Conn(asyncio.Protocol):
                 stream.fail(error)
         transport = self.transport
         if transport is not None:
-            transport.abort()
+            if flush:
+                transport.close()
+            else:
+                transport.abort()
 
     def socket_transports(self) -> list[Any]:
         """The asyncio transport(s) under this connection (TLS: the wrapper, then the raw one)."""

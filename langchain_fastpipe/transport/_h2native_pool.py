@@ -8,7 +8,11 @@ SETTINGS_MAX_CONCURRENT_STREAMS); a new connection opens when all are full, up t
 (above a GOAWAY's ``last_stream_id``, refused) are sent again on another connection
 before the caller sees anything; what else fails raises the httpx exception httpcore
 would, so the pool classifies it unchanged (a stream without headers on an HTTP/2
-connection is a stale-connection replay candidate).
+connection is a stale-connection replay candidate). Connection-specific request headers
+(RFC 9113 section 8.2.2) are dropped; one with CR, LF or NUL in its value is refused
+locally. Connections open with happy eyeballs. A server that closes every new connection
+with a GOAWAY before taking a stream fails the acquire after :data:`_REFUSED_CONNECTIONS`
+of them (a ``ConnectError``: the pool backs off).
 
 If TLS ALPN does not select ``h2``, the origin is served by httpx (:class:`NotH2`; the
 engine remembers it). Each event loop's client is still an ``httpx.AsyncClient``: its
@@ -37,10 +41,17 @@ __all__ = ["H2Engine", "NotH2", "engine_of", "native_transport"]
 
 #: Sends of one request on new connections after its stream was not processed.
 _RESENDS: Final = 16
-#: Request headers HTTP/2 forbids or carries as pseudo-headers (RFC 9113 section 8.2.2).
+#: Request headers HTTP/2 forbids or carries as pseudo-headers (RFC 9113 section 8.2.2);
+#: ``te`` is kept only as ``te: trailers``.
 _SKIPPED: Final = frozenset(
-    {"host", "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"}
-)
+    {b"host", b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
+     b"upgrade", b"te"}
+)  # fmt: skip
+#: New connections one acquire may see closed by a GOAWAY before it got a stream on one.
+_REFUSED_CONNECTIONS: Final = 3
+#: Happy eyeballs (RFC 8305) when a name resolves to several addresses, as anyio does.
+_HAPPY_EYEBALLS_DELAY: Final = 0.25
+_TIMED_OUT: Final = object()
 #: Seconds :meth:`H2Engine.aclose` waits for the connections to end before aborting them.
 _CLOSE_GRACE: Final = 5.0
 
@@ -88,7 +99,7 @@ class H2Engine:
         self._limits = config.limits
         self._connect_timeout = config.connect_timeout
         self._conns: list[H2Conn] = []
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters: deque[asyncio.Future[object]] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self.fallback = False
         self.closed = False
@@ -108,10 +119,14 @@ class H2Engine:
         items = headers.raw if isinstance(headers, httpx.Headers) else headers.items()
         for key, value in items:
             name = (key if isinstance(key, bytes) else key.encode()).lower()
-            if name.decode() in _SKIPPED:
+            raw = value if isinstance(value, bytes) else value.encode()
+            if name in _SKIPPED and (name != b"te" or raw.strip().lower() != b"trailers"):
                 continue
+            if b"\r" in raw or b"\n" in raw or b"\0" in raw:  # RFC 9113 8.2.1; h2 sends them
+                msg = f"request header {name!r}: CR, LF or NUL in its value (value withheld)"
+                raise httpx.LocalProtocolError(msg)
             names.add(name)
-            out.append((name, value if isinstance(value, bytes) else value.encode()))
+            out.append((name, raw))
         for name, value in self._defaults:
             if name not in names:
                 out.append((name, value))
@@ -153,6 +168,9 @@ class H2Engine:
             except Unprocessed:
                 conn.unreserve()
                 continue
+            except BaseException:
+                conn.unreserve()
+                raise
             _note(trace, "http2.send_request_headers.started")
             try:
                 if rest is not None:
@@ -170,7 +188,14 @@ class H2Engine:
     # -- connections
 
     async def _acquire(self, trace: Any, timeout: httpx.Timeout) -> H2Conn:
-        """A connection with a slot reserved for one stream (opening one if needed)."""
+        """A connection with a slot reserved for one stream (opening one if needed).
+
+        Raises:
+            httpx.ConnectError: :data:`_REFUSED_CONNECTIONS` new connections in a row were
+                closed by a GOAWAY before taking a stream (a retryable failure: the pool
+                backs off before trying again).
+        """
+        refused = 0
         while True:
             if self.fallback:
                 raise NotH2
@@ -186,7 +211,8 @@ class H2Engine:
                 await self._wait_slot(timeout.pool)
                 continue
             conn.reserved += 1
-            if not conn.ready.done():
+            fresh = not conn.ready.done()
+            if fresh:
                 try:
                     await asyncio.shield(conn.ready)
                 except BaseException:
@@ -201,6 +227,14 @@ class H2Engine:
             if not conn.draining and conn.reserved <= conn.limit:
                 return conn
             conn.unreserve()
+            if fresh and conn.draining:
+                refused += 1
+                if refused >= _REFUSED_CONNECTIONS:
+                    msg = (
+                        f"{self._host}:{self._port} closed {refused} new HTTP/2 connections"
+                        " in a row with a GOAWAY before taking a stream"
+                    )
+                    raise httpx.ConnectError(msg)
 
     def _open(self) -> H2Conn:
         loop = asyncio.get_running_loop()
@@ -245,6 +279,7 @@ class H2Engine:
         await loop.create_connection(
             lambda: conn, self._host, self._port, ssl=self._ssl,
             server_hostname=self._host if self._tls else None,
+            happy_eyeballs_delay=_HAPPY_EYEBALLS_DELAY, interleave=1,
         )  # fmt: skip
         transport = conn.transport
         if self._tls:
@@ -263,6 +298,10 @@ class H2Engine:
         elif conn.reserved == 0 and not conn.draining and conn.ready.done():
             idle = sum(1 for c in self._conns if c.reserved == 0 and not c.draining)
             conn.idle(self._limits.keepalive_expiry, idle > self._limits.max_keepalive_connections)
+        self._wake_one()
+
+    def _wake_one(self) -> None:
+        """Wake the first caller still waiting for a slot (it checks the connections)."""
         waiters = self._waiters
         while waiters:
             waiter = waiters.popleft()
@@ -275,13 +314,24 @@ class H2Engine:
             self._conns.remove(conn)
 
     async def _wait_slot(self, timeout: float | None) -> None:
+        """Wait until :meth:`_changed` wakes this caller (a slot may be free)."""
         loop = asyncio.get_running_loop()
-        waiter = loop.create_future()
+        waiter: asyncio.Future[object] = loop.create_future()
         self._waiters.append(waiter)
+        timer = None if timeout is None else loop.call_later(timeout, _time_out, waiter)
         try:
-            await asyncio.wait_for(waiter, timeout)
-        except (TimeoutError, asyncio.TimeoutError):
-            raise httpx.PoolTimeout("no HTTP/2 stream slot became free in time") from None
+            woken = await waiter  # no wait_for: Python 3.11's swallows a racing cancel
+        except BaseException:
+            # Woken, then cancelled before it could look: pass the wake-up on, or a
+            # free slot waits for the next release with callers queued.
+            if waiter.done() and not waiter.cancelled():
+                self._wake_one()
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if woken is _TIMED_OUT:
+            raise httpx.PoolTimeout("no HTTP/2 stream slot became free in time")
 
     # -- closing
 
@@ -307,6 +357,11 @@ class H2Engine:
     def socket_transports(self) -> list[Any]:
         """The asyncio transports of every connection (closing a dead loop's client)."""
         return [raw for conn in list(self._conns) for raw in conn.socket_transports()]
+
+
+def _time_out(waiter: asyncio.Future[object]) -> None:
+    if not waiter.done():
+        waiter.set_result(_TIMED_OUT)
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:
