@@ -26,8 +26,8 @@ Failures are httpx exceptions, as httpcore would raise them: ``ReadError`` for a
 connection reset, ``RemoteProtocolError`` for a peer that closed the connection, reset
 the stream after its headers or broke the protocol, ``ReadTimeout``/``WriteTimeout``. A
 reset before the response headers (other than REFUSED_STREAM) is :class:`StreamResetError`,
-a ``ConnectError``: retried after the pool's backoff, not replayed at once as a stale
-connection (the server may have processed it). A request header h2 rejects is
+a ``RemoteProtocolError`` retried after the pool's backoff, not replayed at once as a
+stale connection (the server may have processed it). A request header h2 rejects is
 ``LocalProtocolError`` (without the header's value), and the connection drains: h2's
 HPACK encoder no longer matches the server's decoder.
 """
@@ -72,13 +72,16 @@ class Unprocessed(Exception):  # noqa: N818 - a signal, not an error of the call
     """The server never processed the stream (above a GOAWAY, or refused): send it again."""
 
 
-class StreamResetError(httpx.ConnectError):
+class StreamResetError(httpx.RemoteProtocolError):
     """The server reset the stream before its response headers (not REFUSED_STREAM).
 
-    It may have processed the request, so the engine does not resend it, and it must not
-    look like a stale pooled connection either (the pool would replay it at once): a
-    ``ConnectError`` is an ordinary retryable failure, resent after the retry backoff.
+    It may have processed the request, so the engine does not resend it, and it is not
+    a stale pooled connection either (``maybe_processed``: the pool does not replay it at
+    once): an ordinary retryable failure, resent after the retry backoff, held against
+    the called model's breaker (the server answered), not the endpoint's.
     """
+
+    maybe_processed = True
 
 
 #: The one instance (it never reaches a caller: the engine resends).

@@ -159,9 +159,14 @@ def is_stale_connection_error(
         reused: Whether the request went out on a pooled (not freshly opened) connection.
         headers_received: Whether the response headers had arrived.
         multiplexed: Whether the request went out over HTTP/2.
+
+    An exception whose ``maybe_processed`` attribute is true (the server reset an HTTP/2
+    stream before answering, which it may have processed) never is.
     """
     if is_graceful_goaway(exc):
         return True
+    if getattr(exc, "maybe_processed", False):  # e.g. an HTTP/2 stream reset before headers
+        return False
     return (reused or multiplexed) and not headers_received and isinstance(exc, _PEER_CLOSED)
 
 

@@ -13,10 +13,13 @@ from langchain_fastpipe.errors import (
     ProtocolViolationError,
 )
 from langchain_fastpipe.transport import RetryPolicy
+from langchain_fastpipe.transport._h2native import StreamResetError
 from langchain_fastpipe.transport._retry import (
     backoff_delay,
+    counts_as_breaker_failure,
     is_graceful_goaway,
     is_retryable_httpx_error,
+    is_stale_connection_error,
     map_httpx_error,
     parse_retry_after,
     retry_delay,
@@ -125,3 +128,15 @@ async def test_header_errors_are_not_chained() -> None:
     assert info.value.__cause__ is None
     assert info.value.__context__ is None or info.value.__suppress_context__
     assert secret not in str(info.value)
+
+
+def test_a_stream_reset_before_headers_is_retried_with_backoff_not_replayed() -> None:
+    # A plain peer disconnect before headers on a multiplexed connection is stale: resent
+    # at once. A stream the server reset before answering may have been processed: an
+    # ordinary retryable failure, held against the breaker, never an instant replay.
+    dropped = httpx.RemoteProtocolError("peer closed connection")
+    reset = StreamResetError("stream reset before the response: <StreamReset ...>")
+    assert is_stale_connection_error(dropped, reused=False, multiplexed=True)
+    assert not is_stale_connection_error(reset, reused=True, multiplexed=True)
+    assert is_retryable_httpx_error(reset)
+    assert counts_as_breaker_failure(reset)
