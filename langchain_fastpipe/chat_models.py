@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-import threading
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -48,6 +47,7 @@ from pydantic_core import PydanticCustomError
 
 from langchain_fastpipe._chat._chunks import ChunkParser as _ChunkParser
 from langchain_fastpipe._chat._from_config import check_fields, config_kwargs, reject_removed_fields
+from langchain_fastpipe._chat._preload import hand_to_preloader, set_preload_hook, warm_pending
 from langchain_fastpipe._validation import field_error, has_credentials, quote_url, redact_url
 from langchain_fastpipe.errors import ConfigError
 from langchain_fastpipe.providers import PROVIDERS, Provider, get_provider
@@ -100,58 +100,6 @@ def _first_response_info() -> ResponseInfo:
 
 #: Makes the ResponseInfo of a stream: the class itself after the first call.
 _response_info: Callable[[], ResponseInfo] = _first_response_info
-
-
-def _register_with_runtime(model: ChatFastpipe) -> None:
-    """The default preload hook: record ``model`` in the default preloader (no I/O)."""
-    from langchain_fastpipe._runtime import runtime
-
-    runtime().register_model(model)
-
-
-def _warm_pending() -> None:
-    """At a ``preload=True`` model's first call: start the warm-ups nothing started."""
-    from langchain_fastpipe._runtime import runtime
-
-    runtime().warm_pending()
-
-
-#: Called with each ChatFastpipe built with ``preload=True``: records it in the default
-#: preloader; nothing is contacted and no thread or task is started.
-_preload_hook: Callable[[ChatFastpipe], None] | None = _register_with_runtime
-#: Preload keys (:meth:`ChatFastpipe.preload_key`) already handed to the current hook.
-_preloaded: set[tuple[str, str, str, str, str]] = set()
-_preloaded_lock = threading.Lock()
-
-
-def set_preload_hook(hook: Callable[[ChatFastpipe], None] | None) -> None:
-    """Install the function that ``preload=True`` models are handed to on construction.
-
-    The default hook records the model in the default preloader (it is warmed at the
-    application's start, or at its first call); None removes it. Equal models (same
-    :meth:`ChatFastpipe.preload_key`) are handed over once per installed hook, so building
-    the same model again does no further work.
-
-    Args:
-        hook: Called with the new model; it must not block.
-    """
-    global _preload_hook
-    with _preloaded_lock:
-        _preload_hook = hook
-        _preloaded.clear()
-
-
-def _hand_to_preloader(model: ChatFastpipe) -> None:
-    """Give ``model`` to the preload hook unless an equal model was already given."""
-    hook = _preload_hook
-    if hook is None:
-        return
-    key = model.preload_key()
-    with _preloaded_lock:
-        if key in _preloaded:
-            return
-        _preloaded.add(key)
-    hook(model)
 
 
 class ChatFastpipe(BaseChatModel):
@@ -305,7 +253,7 @@ class ChatFastpipe(BaseChatModel):
             self.api_key = SecretStr(key) if key is not None else None
             self._env_key = (self.provider, self.api_key)
         if self.preload:
-            _hand_to_preloader(self)
+            hand_to_preloader(self)
 
     @field_validator("provider")
     @classmethod
@@ -416,7 +364,7 @@ class ChatFastpipe(BaseChatModel):
         client = get_pool(config)
         self._transport = (config, client)
         if self.preload:  # the first call: start the warm-ups nothing started yet
-            _warm_pending()
+            warm_pending()
         return client
 
     def preload_key(self) -> tuple[str, str, str, str, str]:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import pytest
 from langchain_core.output_parsers import StrOutputParser
 
-from langchain_fastpipe import chat_models
+from langchain_fastpipe._chat import _preload as chat_preload
 from langchain_fastpipe._runtime import runtime
 from langchain_fastpipe.chat_models import ChatFastpipe
 from langchain_fastpipe.emulator import EmulatorConfig, EmulatorServer, Fault, ModelProfile
@@ -230,7 +230,7 @@ def fresh_default_preloader(monkeypatch: pytest.MonkeyPatch) -> ModelPreloader:
     """The runtime's default preloader replaced by an empty one for one test."""
     pre = ModelPreloader()
     monkeypatch.setattr(runtime(), "_preloader", pre)
-    monkeypatch.setattr(chat_models, "_preloaded", set())
+    monkeypatch.setattr(chat_preload, "_preloaded", set())
     return pre
 
 

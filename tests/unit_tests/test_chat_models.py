@@ -14,6 +14,7 @@ from langchain_core.tools import tool
 from pydantic import BaseModel
 
 import langchain_fastpipe.chat_models as chat_models_module
+from langchain_fastpipe._chat import _preload as chat_preload
 from langchain_fastpipe._chat._chunks import ChunkParser as _ChunkParser
 from langchain_fastpipe._chat._structured import json_schema_response_format
 from langchain_fastpipe._chat._structured import parse_structured as _parse_structured
@@ -220,7 +221,7 @@ def test_new_fields_reach_the_endpoint_config() -> None:
 
 
 def test_preload_hook_called_only_when_asked() -> None:
-    previous = chat_models_module._preload_hook  # the preloader's, if it was imported
+    previous = chat_preload._preload_hook  # the preloader's, if it was imported
     seen: list[ChatFastpipe] = []
     set_preload_hook(seen.append)
     try:
@@ -239,7 +240,7 @@ def test_preload_hook_called_only_when_asked() -> None:
         set_preload_hook(None)
         make(preload=True, model="third")  # no hook installed: nothing happens
         assert len(seen) == 3
-        assert chat_models_module._preload_hook is None
+        assert chat_preload._preload_hook is None
     finally:
         set_preload_hook(previous)
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel, SecretStr
 
 from langchain_fastpipe import chat_models
 from langchain_fastpipe import config as config_module
+from langchain_fastpipe._chat import _preload as chat_preload
 from langchain_fastpipe.chat_models import ChatFastpipe
 from langchain_fastpipe.config import (
     ENV_ALIASES,
@@ -817,8 +818,8 @@ def test_chat_model_preloads_when_the_flag_is_on_once_per_model(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     seen: list[Any] = []
-    monkeypatch.setattr(chat_models, "_preload_hook", seen.append)
-    monkeypatch.setattr(chat_models, "_preloaded", set())
+    monkeypatch.setattr(chat_preload, "_preload_hook", seen.append)
+    monkeypatch.setattr(chat_preload, "_preloaded", set())
     cfg = FastpipeConfig(backend={"base_url": "http://127.0.0.1:9/v1", "model": "m"})
     assert cfg.flags["enable_model_preloading"] is True
     model = ChatFastpipe.from_config(cfg)

@@ -13,7 +13,7 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from langchain_core.runnables import RunnableLambda, RunnableParallel
 
-from langchain_fastpipe import chat_models
+from langchain_fastpipe._chat import _preload as chat_preload
 from langchain_fastpipe.chat_models import ChatFastpipe
 from langchain_fastpipe.config import FastpipeConfig
 from langchain_fastpipe.errors import PreloadError
@@ -856,7 +856,7 @@ async def test_first_call_of_a_preload_model_starts_the_pending_warmups(
 
     pre = ModelPreloader()
     monkeypatch.setattr(runtime(), "_preloader", pre)
-    monkeypatch.setattr(chat_models, "_preloaded", set())
+    monkeypatch.setattr(chat_preload, "_preloaded", set())
     other = AwarmThing()
     pre.register(other, name="other")
     llm = ChatFastpipe(
