@@ -11,7 +11,7 @@ the server's Retry-After (capped) when the failed attempt carried one, else
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import tenacity
 from tenacity.wait import wait_base
@@ -20,6 +20,8 @@ from langchain_fastpipe.transport._attempt import _AttemptError, _should_retry
 from langchain_fastpipe.transport._config import RetryPolicy
 
 __all__ = ["RetryStrategy"]
+
+T = TypeVar("T")
 
 
 class _Jitter(tenacity.wait_random_exponential):
@@ -97,3 +99,34 @@ class RetryStrategy:
     def aretrying(self) -> tenacity.AsyncRetrying:
         """A new async retrying object."""
         return tenacity.AsyncRetrying(sleep=self._asleep, **self._kwargs)
+
+    @staticmethod
+    def areplay_first(
+        first: _AttemptError, attempt: Callable[..., Awaitable[T]]
+    ) -> Callable[..., Awaitable[T]]:
+        """``attempt``, except that its first call raises ``first`` (already seen) without I/O.
+
+        Lets a tenacity loop start after a first attempt that ran outside it (the pool's
+        one shortcut): tenacity sees that failure as its attempt 1, then waits and calls
+        ``attempt`` for attempts 2, 3...
+        """
+        pending: list[_AttemptError] = [first]
+
+        async def run(*args: Any, **kwargs: Any) -> T:
+            if pending:
+                raise pending.pop()
+            return await attempt(*args, **kwargs)
+
+        return run
+
+    @staticmethod
+    def replay_first(first: _AttemptError, attempt: Callable[..., T]) -> Callable[..., T]:
+        """Sync :meth:`areplay_first`."""
+        pending: list[_AttemptError] = [first]
+
+        def run(*args: Any, **kwargs: Any) -> T:
+            if pending:
+                raise pending.pop()
+            return attempt(*args, **kwargs)
+
+        return run
