@@ -297,7 +297,8 @@ async def test_hypercorn_goaway_loses_no_call(make_emulator: MakeEmulator, tls: 
         assert [r.text for r in replies] == [ref] * 8
     stats = pool.stats()
     assert stats["failures"] == 0
-    assert stats["http_versions"] == {"HTTP/2": 81}  # one reply per call; resends had none
+    assert set(stats["http_versions"]) == {"HTTP/2"}
+    assert stats["retries"] > 0  # hypercorn did drop calls, and they were sent again
     assert server.connections_opened >= 81 // 10  # the server did send its GOAWAYs
     await pool.aclose()
 
