@@ -25,6 +25,7 @@ import langchain_fastpipe.chat_models as chat_models_module
 from langchain_fastpipe.chat_models import ChatFastpipe
 from langchain_fastpipe.emulator import EmulatorConfig, EmulatorServer, Fault, ModelProfile
 from langchain_fastpipe.transport import EndpointConfig, PooledClient, get_pool
+from tests.integration_tests._sockets import client_sockets
 
 MakeEmulator = Callable[..., EmulatorServer]
 
@@ -56,24 +57,6 @@ async def settle(condition: Callable[[], bool], attempts: int = 300) -> bool:
             gc.collect()
         await asyncio.sleep(0.01)
     return condition()
-
-
-def client_sockets(port: int) -> int:
-    """Client-side TCP sockets of this process still held open towards ``port``.
-
-    Read from /proc/net/tcp: ESTABLISHED (01) or CLOSE_WAIT (08, the server closed but the
-    client did not) with remote port ``port``. The emulator runs in this process, so its
-    own sockets (local port ``port``) are excluded by looking at the remote side only.
-    """
-    wanted = f"{port:04X}"
-    count = 0
-    with open("/proc/net/tcp", encoding="ascii") as fh:
-        next(fh)
-        for line in fh:
-            fields = line.split()
-            if fields[2].rsplit(":", 1)[1] == wanted and fields[3] in ("01", "08"):
-                count += 1
-    return count
 
 
 class PeakConnections:
@@ -303,6 +286,6 @@ async def test_pool_survives_pytest_loops_part_1(emulator: EmulatorServer) -> No
 async def test_pool_survives_pytest_loops_part_2(emulator: EmulatorServer) -> None:
     # same config as part 1: same shared pool, a new event loop
     model = model_for(emulator, max_connections=3)
-    assert "".join([c.text async for c in model.astream(PROMPT)]) == (
-        await model.ainvoke(PROMPT)
-    ).text
+    assert (
+        "".join([c.text async for c in model.astream(PROMPT)]) == (await model.ainvoke(PROMPT)).text
+    )

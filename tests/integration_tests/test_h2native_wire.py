@@ -31,6 +31,7 @@ from langchain_fastpipe.transport import EndpointConfig, PooledClient, get_pool
 from langchain_fastpipe.transport._config import _AUTO_HTTP2, RetryPolicy
 from langchain_fastpipe.transport._h2native_pool import H2Engine, engine_of
 from langchain_fastpipe.transport._h2native_reply import ReplyHeaders
+from tests.integration_tests._sockets import client_sockets
 
 MakeEmulator = Callable[..., EmulatorServer]
 
@@ -39,19 +40,6 @@ CHAT = {"model": "emu", "messages": [{"role": "user", "content": PROMPT}]}
 STREAM = {**CHAT, "stream": True}
 
 pytestmark = [pytest.mark.timeout(300)]
-
-
-def client_sockets(port: int) -> int:
-    """This process's open client-side TCP sockets towards ``port`` (/proc/net/tcp)."""
-    wanted = f"{port:04X}"
-    count = 0
-    with open("/proc/net/tcp", encoding="ascii") as fh:
-        next(fh)
-        for line in fh:
-            fields = line.split()
-            if fields[2].rsplit(":", 1)[1] == wanted and fields[3] in ("01", "08"):
-                count += 1
-    return count
 
 
 def model_for(server: EmulatorServer, **kwargs: Any) -> ChatFastpipe:

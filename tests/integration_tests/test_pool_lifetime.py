@@ -24,34 +24,13 @@ from langchain_fastpipe._runtime import runtime
 from langchain_fastpipe.chat_models import ChatFastpipe
 from langchain_fastpipe.emulator import EmulatorServer
 from langchain_fastpipe.stats import get_stats
+from tests.integration_tests._sockets import client_sockets, local_ends
 
 pytestmark = pytest.mark.skipif(
     not os.path.exists("/proc/net/tcp"), reason="counts sockets in /proc/net/tcp"
 )
 
 MakeEmulator = Callable[..., EmulatorServer]
-
-
-def client_sockets(port: int, *, besides: frozenset[str] = frozenset()) -> int:
-    """This process's open client-side TCP sockets towards ``port`` (as test_cancellation_loops).
-
-    ``besides``: local addresses (:func:`local_ends`) not to count, those open before the
-    test (a server port may be reused from an earlier test whose sockets still close).
-    """
-    return len(local_ends(port) - besides)
-
-
-def local_ends(port: int) -> frozenset[str]:
-    """The local ``address:port`` of each open client-side TCP socket towards ``port``."""
-    wanted = f"{port:04X}"
-    found = set()
-    with open("/proc/net/tcp", encoding="ascii") as fh:
-        next(fh)
-        for line in fh:
-            fields = line.split()
-            if fields[2].rsplit(":", 1)[1] == wanted and fields[3] in ("01", "08"):
-                found.add(fields[1])
-    return frozenset(found)
 
 
 def model_for(server: EmulatorServer, **kwargs: Any) -> ChatFastpipe:

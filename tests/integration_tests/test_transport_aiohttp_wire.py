@@ -163,4 +163,3 @@ async def test_pool_calls_skip_the_httpx_layer(emulator: EmulatorServer) -> None
         assert len(seen) == 1
     finally:
         await pool.aclose()
-
