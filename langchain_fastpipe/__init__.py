@@ -7,8 +7,9 @@ mechanics live in private modules.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
+
+from langchain_fastpipe._lazy import lazy_names
 
 if TYPE_CHECKING:
     __version__: str
@@ -87,6 +88,10 @@ _EXPORTS: dict[str, str] = {
 }
 
 
+# ``default_preloader`` is looked up on every access: the runtime's object, replaceable.
+_lazy_getattr, __dir__ = lazy_names(__name__, _EXPORTS, globals(), fresh={"default_preloader"})
+
+
 def __getattr__(name: str) -> Any:
     """Import a public name's module on first use, so ``import langchain_fastpipe`` is cheap.
 
@@ -96,25 +101,9 @@ def __getattr__(name: str) -> Any:
     package metadata on first use.
     """
     if name == "__version__":
-        value: Any = _version()
-    else:
-        module = _EXPORTS.get(name)
-        if module is None:
-            msg = f"module 'langchain_fastpipe' has no attribute {name!r}"
-            raise AttributeError(msg)
-        value = getattr(importlib.import_module(module), name)
-    if name not in _NOT_CACHED:
-        globals()[name] = value
-    return value
-
-
-#: Names looked up again on every access: the runtime's object, replaceable (tests).
-_NOT_CACHED = frozenset({"default_preloader"})
-
-
-def __dir__() -> list[str]:
-    """The module's names, public ones included before their first use."""
-    return sorted({*globals(), *__all__})
+        version = globals()["__version__"] = _version()
+        return version
+    return _lazy_getattr(name)
 
 
 def _version() -> str:

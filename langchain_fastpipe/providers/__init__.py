@@ -13,8 +13,9 @@ speaking one wire format never loads the other's.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from langchain_fastpipe._lazy import lazy_names
 from langchain_fastpipe.errors import ConfigError
 from langchain_fastpipe.providers._base import Provider, ProviderName
 
@@ -64,17 +65,4 @@ def get_provider(name: str) -> Provider:
     return _INSTANCES.setdefault(name, adapter)  # one shared adapter, whichever thread won
 
 
-def __getattr__(name: str) -> Any:
-    """Import an adapter class's module on first use (submodules are not public names)."""
-    module = _CLASSES.get(name)
-    if module is None:
-        msg = f"module 'langchain_fastpipe.providers' has no attribute {name!r}"
-        raise AttributeError(msg)
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    """The module's names, public ones included before their first use."""
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_names(__name__, _CLASSES, globals())

@@ -21,8 +21,9 @@ call.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from langchain_fastpipe._lazy import lazy_names
 
 if TYPE_CHECKING:
     from langchain_fastpipe.transport._breaker import BreakerRegistry, CircuitBreaker
@@ -54,20 +55,7 @@ _EXPORTS: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name's module on first use (submodules are not public names)."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        msg = f"module 'langchain_fastpipe.transport' has no attribute {name!r}"
-        raise AttributeError(msg)
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    """The module's names, public ones included before their first use."""
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_names(__name__, _EXPORTS, globals())
 
 
 __all__ = [
