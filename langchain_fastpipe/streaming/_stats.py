@@ -98,13 +98,18 @@ class _ModelStreams:
         self.total_time = Histogram()
         self.chunks_per_second = Histogram(_RATE_BUCKETS)
 
-    def snapshot(self) -> Node:
+    def snapshot(self, streams: int, chunks: int, outcomes: dict[str, int]) -> Node:
+        """The aggregate, with the counters read under the collector's lock.
+
+        The histograms (locked on their own) are read here, outside that lock: sorting their
+        reservoirs must not block the streams that end meanwhile.
+        """
         node = Node(key_label="model")
-        node.put(m.STREAMS, self.streams)
-        node.put(m.STREAM_CHUNKS, self.chunks)
-        outcomes = node.child("outcomes")
-        for outcome, count in self.outcomes.items():
-            outcomes.put(m.STREAM_OUTCOMES, count, outcome=outcome)
+        node.put(m.STREAMS, streams)
+        node.put(m.STREAM_CHUNKS, chunks)
+        by_outcome = node.child("outcomes")
+        for outcome, count in outcomes.items():
+            by_outcome.put(m.STREAM_OUTCOMES, count, outcome=outcome)
         node.put(m.STREAM_FIRST_CHUNK, self.time_to_first_chunk)
         node.put(m.STREAM_FIRST_TEXT, self.time_to_first_text)
         node.put(m.STREAM_FIRST_TOKEN, self.time_to_first_token)
@@ -169,8 +174,14 @@ class StreamStatsCollector:
         the total is JSON-only (Prometheus sums the per-model counter).
         """
         with self._lock:
-            models = dict(self._models)
-            per_model = {name: models[name].snapshot() for name in sorted(models)}
+            counts = [
+                (name, entry, entry.streams, entry.chunks, dict(entry.outcomes))
+                for name, entry in sorted(self._models.items())
+            ]
+        per_model = {
+            name: entry.snapshot(streams, chunks, outcomes)
+            for name, entry, streams, chunks, outcomes in counts
+        }
         node = Node()
         node["streams"] = sum(entry["streams"] for entry in per_model.values())
         node.child("models").update(per_model)
