@@ -199,6 +199,10 @@ class SSEDecoder:
         if texts is not None:
             last_id = self._last_id
             return [SSEEvent("message", text, last_id, None) for text in texts]
+        return self.feed_general(data)
+
+    def feed_general(self, data: bytes) -> list[SSEEvent]:
+        """:meth:`feed` without the fast path: for a read :meth:`plain_data` declined."""
         if not self._started:
             data = self._strip_bom(data)
             if not self._started:
