@@ -144,6 +144,7 @@ def ollama_stream_chunk(
     *,
     tool_index: int = 0,
     new_id: Callable[[], str] = lambda: f"call_{uuid.uuid4().hex[:24]}",
+    endpoint: str = "",
 ) -> tuple[ChatGenerationChunk, int]:
     """Convert one NDJSON line of an ``/api/chat`` stream into a generation chunk.
 
@@ -151,6 +152,7 @@ def ollama_stream_chunk(
         obj: The decoded line.
         tool_index: The index the next tool call gets (Ollama sends whole calls).
         new_id: Makes an id for a tool call sent without one.
+        endpoint: Named in errors.
 
     Returns:
         The chunk and the next free tool-call index. The ``done`` line carries
@@ -161,7 +163,7 @@ def ollama_stream_chunk(
         return text_chunk_builder(with_id=False)(
             text, {"model_provider": _PROVIDER}, None
         ), tool_index
-    message = obj.get("message") or {}
+    message = require_mapping(obj.get("message") or {}, "message", endpoint=endpoint)
     content = message.get("content") or ""
     additional: dict[str, Any] = {}
     if isinstance(message.get("thinking"), str) and message["thinking"]:
@@ -214,7 +216,9 @@ class OllamaStreamParser(StreamParserBase[dict[str, Any]]):
             if text is not None:  # the usual line: straight to a template-built chunk
                 chunks.append(build(text, {"model_provider": _PROVIDER}, None))
                 continue
-            chunk, self._tool_index = ollama_stream_chunk(obj, tool_index=self._tool_index)
+            chunk, self._tool_index = ollama_stream_chunk(
+                obj, tool_index=self._tool_index, endpoint=self._endpoint
+            )
             if obj.get("done"):
                 self._done = True
             chunks.append(chunk)

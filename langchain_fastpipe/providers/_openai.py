@@ -101,11 +101,14 @@ def _plain_text(obj: dict[str, Any]) -> str | None:
     return content if type(content) is str else None
 
 
-def openai_stream_chunk(obj: Mapping[str, Any]) -> ChatGenerationChunk | None:
+def openai_stream_chunk(
+    obj: Mapping[str, Any], *, endpoint: str = ""
+) -> ChatGenerationChunk | None:
     """Convert one decoded ``chat.completion.chunk`` into a generation chunk.
 
     Args:
         obj: The JSON of one SSE ``data:`` line.
+        endpoint: Named in errors.
 
     Returns:
         The chunk: content delta, ``tool_call_chunks`` (with ``index``), usage on the
@@ -134,7 +137,7 @@ def openai_stream_chunk(obj: Mapping[str, Any]) -> ChatGenerationChunk | None:
             )
         )
     choice = choices[0] if isinstance(choices[0], Mapping) else {}
-    delta = choice.get("delta") or {}
+    delta = require_mapping(choice.get("delta") or {}, "choices[0].delta", endpoint=endpoint)
     content = delta.get("content") or ""
     additional: dict[str, Any] = {}
     if isinstance(delta.get("reasoning_content"), str) and delta["reasoning_content"]:
@@ -186,8 +189,8 @@ class OpenAIStreamParser(StreamParserBase[SSEEvent]):
         exactly as before.
         """
         texts = self._sse.plain_data(data)
-        if texts is None:
-            return self._handle(self._sse.feed(data))
+        if texts is None:  # declined, nothing consumed: straight to the general path
+            return self._handle(self._sse.feed_general(data))
         chunks: list[ChatGenerationChunk] = []
         build = self._text_chunk
         for text in texts:
@@ -230,7 +233,7 @@ class OpenAIStreamParser(StreamParserBase[SSEEvent]):
         """The chunk of one decoded event object; raises the error it reports."""
         if event == "error" or obj.get("error"):
             raise stream_error(obj.get("error", obj), endpoint=self._endpoint)
-        chunk = openai_stream_chunk(obj)
+        chunk = openai_stream_chunk(obj, endpoint=self._endpoint)
         if (
             chunk is not None
             and chunk.generation_info

@@ -259,7 +259,7 @@ def _outcome(parser: StreamParserBase[Any], pieces: Sequence[bytes]) -> tuple[An
         for piece in pieces:
             chunks.extend(parser.feed(piece))
         chunks.extend(parser.finish())
-    except (ProtocolViolationError, HTTPStatusError, AttributeError) as exc:
+    except (ProtocolViolationError, HTTPStatusError) as exc:
         endpoint = getattr(exc, "endpoint", None)
         error = (type(exc), str(exc), endpoint)
     return [_describe(c) for c in chunks], parser.done, error
@@ -514,3 +514,19 @@ def test_ndjson_fast_path_is_taken_for_whole_lines(monkeypatch: pytest.MonkeyPat
 def test_decoder_module_keeps_json_loads_semantics() -> None:
     # The scanner is json's own, with json.loads's default settings.
     assert _decoders._scan_json('{"a": 1}', 0) == ({"a": 1}, 8)
+
+
+@pytest.mark.parametrize(
+    ("parser", "line"),
+    [
+        (OpenAIStreamParser, b'data: {"choices": [{"delta": "oops"}]}\n\n'),
+        (OllamaStreamParser, b'{"message": "oops", "done": false}\n'),
+    ],
+)
+def test_a_non_object_delta_is_a_protocol_error_naming_the_endpoint(
+    parser: Callable[..., StreamParserBase[Any]], line: bytes
+) -> None:
+    with pytest.raises(ProtocolViolationError, match="is not a JSON object") as info:
+        parser(endpoint="http://h:1/v1").feed(line)
+    assert info.value.endpoint == "http://h:1/v1"
+    assert "oops" in str(info.value)  # the message quotes what the server sent
