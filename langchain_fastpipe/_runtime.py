@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from langchain_fastpipe._metrics import StatsRegistry
@@ -193,12 +193,7 @@ class Runtime:
             if instance is None or shared in seen:
                 continue
             seen.add(shared)
-            name = instance.get_name()
-            key, n = name, 2
-            while key in out:
-                key = f"{name}#{n}"
-                n += 1
-            out[key] = instance.stats()
+            out[_unique_key(out, instance.get_name(), "#")] = instance.stats()
         return out
 
     def pools(self) -> dict[str, Any]:
@@ -208,12 +203,8 @@ class Runtime:
         """
         out: dict[str, Any] = {}
         for pool in list(self._live):
-            key = pool.endpoint
-            n = 2
-            while key in out:
-                key = f"{pool.endpoint} #{n}"
-                n += 1
-            out[key] = pool.stats()
+            # A space before the number: "#2" right after a URL would read as its fragment.
+            out[_unique_key(out, pool.endpoint, " #")] = pool.stats()
         return out
 
     def register_model(self, model: object) -> str:
@@ -257,3 +248,12 @@ def _runtime_create() -> Runtime:
     if _RUNTIME is None:
         _RUNTIME = Runtime()
     return _RUNTIME
+
+
+def _unique_key(taken: Mapping[str, Any], base: str, sep: str) -> str:
+    """``base``, or ``f"{base}{sep}2"``, ``...{sep}3`` ...: the first not in ``taken``."""
+    key, n = base, 2
+    while key in taken:
+        key = f"{base}{sep}{n}"
+        n += 1
+    return key

@@ -60,7 +60,7 @@ _LOG_TAIL_LINES = 20
 # in _reap.
 _LIVE: set[LocalModelServer] = set()
 _LIVE_LOCK = threading.Lock()
-_LIVE_EXIT_HOOK: list[object] = []  # non-empty once _stop_all is registered with atexit
+_exit_hook_registered = False  # _stop_all is registered with atexit at the first start
 
 
 def template_path() -> Path:
@@ -394,10 +394,11 @@ class LocalModelServer:
         self._proc = proc
         self._ready = False
         self.starts += 1
+        global _exit_hook_registered
         with _LIVE_LOCK:
-            if not _LIVE_EXIT_HOOK:  # registered at the first start, not at import
+            if not _exit_hook_registered:  # registered at the first start, not at import
                 atexit.register(_stop_all)
-                _LIVE_EXIT_HOOK.append(_stop_all)
+                _exit_hook_registered = True
             _LIVE.add(self)
         return proc
 
