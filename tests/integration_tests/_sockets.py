@@ -1,4 +1,7 @@
-"""This process's client-side TCP sockets towards a port, read from /proc/net/tcp.
+"""Client-side TCP sockets towards a port on this machine, read from /proc/net/tcp.
+
+The table lists every process's sockets; towards a port a test's own server listens on,
+they are in practice the test's.
 
 Leak checks count what a test opened: :func:`local_ends` before the test, then
 :func:`client_sockets` with ``besides=`` those (a server port may be reused from an
